@@ -1,0 +1,54 @@
+"""Evaluates a checkpoint on the validation split: top-1 / top-5 error, centre or ten crops.
+
+    python -m alexnet_jax.evaluate --workdir DIR [--step N | --best] [--crops 10]
+
+Prints the errors and writes them to ``DIR/eval_step<N>_<crops>crop.json``.
+"""
+
+import json
+import sys
+
+import jax
+from absl import app, flags, logging
+from etils import epath
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'The training run\'s directory.', required=True)
+flags.DEFINE_integer('step', None, 'Checkpoint step (default: the newest).')
+flags.DEFINE_bool('best', False, 'Use the checkpoint with the lowest validation error.')
+flags.DEFINE_enum('crops', None, ['1', '10'], 'Centre crop or the paper\'s ten crops.')
+flags.DEFINE_string('data_dir', None, 'Override the tfds data_dir the run used.')
+flags.DEFINE_integer('eval_batch_size', None, 'Override the evaluation batch size.')
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+    from alexnet_jax import input_pipeline, parallel, train
+
+    try:
+        config = train.config_from_workdir(FLAGS.workdir)
+        for field, value in (('eval_crops', FLAGS.crops), ('data_dir', FLAGS.data_dir),
+                             ('eval_batch_size', FLAGS.eval_batch_size)):
+            if value is not None:
+                config[field] = int(value) if field == 'eval_crops' else value
+        state = train.load_trained_state(config, FLAGS.workdir, FLAGS.step, FLAGS.best)
+    except (FileNotFoundError, ValueError) as error:
+        sys.exit(f'error: {error}')
+    step = int(state.step)
+    _, p_eval = train.pmap_steps(config, input_pipeline.load_stats(config))
+    result = train.evaluate(p_eval, parallel.replicate(state), config)
+    result = {'step': step, 'eval_crops': config.eval_crops, **result}
+    if jax.process_index() == 0:
+        path = epath.Path(FLAGS.workdir) / f'eval_step{step}_{config.eval_crops}crop.json'
+        path.write_text(json.dumps(result, indent=2))
+        print(
+            f'step {step}, {config.eval_crops} crop(s), {result["eval_count"]} images: '
+            f'top-1 error {result["eval_top1_error"]:.4f}, top-5 error '
+            f'{result["eval_top5_error"]:.4f}, loss {result["eval_loss"]:.4f} ({path})'
+        )
+    logging.info('Evaluation written.')
+
+
+if __name__ == '__main__':
+    app.run(main)

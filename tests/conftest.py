@@ -1,0 +1,26 @@
+"""Shared fixtures."""
+
+import os
+
+import pytest
+
+FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
+FASHION_MNIST_APT = 'apt-get install dataset-fashion-mnist'
+
+
+@pytest.fixture(scope='session')
+def fashion_mnist_data_dir() -> str:
+    """A tfds data_dir in which tfds's `fashion_mnist` is prepared (real data, offline).
+
+    Built once from Debian's IDX files into $TFDS_DATA_DIR or ~/tensorflow_datasets, which
+    persists between runs (the first build takes about 15 s); skipped when the files are absent.
+    """
+    from alexnet_jax import datasets
+
+    names = [n for pair in datasets.FASHION_MNIST_FILES.values() for n in pair]
+    data_dir = os.environ.get('TFDS_DATA_DIR') or os.path.expanduser('~/tensorflow_datasets')
+    prepared = os.path.exists(os.path.join(data_dir, 'fashion_mnist'))
+    if not prepared and not all(os.path.exists(os.path.join(FASHION_MNIST_DIR, n)) for n in names):
+        pytest.skip(f'Fashion-MNIST IDX files not in {FASHION_MNIST_DIR}: {FASHION_MNIST_APT}')
+    datasets.prepare_fashion_mnist(data_dir)
+    return data_dir

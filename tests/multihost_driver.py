@@ -1,0 +1,48 @@
+"""Runs a few train steps on a fixed global batch in one of N processes; used by test_multihost.
+
+    python tests/multihost_driver.py OUT.npz [PROCESS_ID NUM_PROCESSES PORT]
+
+Each process feeds only its own devices' rows of the global batch, as each host of a cluster
+reads only its own shard. Process 0 writes the final parameters.
+"""
+
+import sys
+
+import jax
+import numpy as np
+
+STEPS, GLOBAL_BATCH = 3, 8
+
+
+def main(out: str, process_id: int = 0, num_processes: int = 1, port: int = 0) -> None:
+    if num_processes > 1:
+        jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+        jax.distributed.initialize(f'127.0.0.1:{port}', num_processes, process_id)
+    from alexnet_jax import input_pipeline, models, parallel, train
+    from tests.test_train import small_config
+
+    config = small_config(dropout_rate=0.0, pca_noise_std=0.0)
+    shape = input_pipeline.get_dataset_info(config).image_shape
+    model = models.create_model(config).clone(bn_axis_name=parallel.AXIS)
+    state = parallel.replicate(train.create_train_state(config, model, shape, steps=10))
+    p_train, _ = train.pmap_steps(config, input_pipeline.load_stats(config))
+    rng = np.random.default_rng(0)
+    devices, local = jax.device_count(), jax.local_device_count()
+    for _ in range(STEPS):
+        images = rng.integers(0, 256, (GLOBAL_BATCH, *shape), dtype=np.uint8)
+        labels = rng.integers(0, 10, (GLOBAL_BATCH,), dtype=np.int32)
+        rows = slice(process_id * local, (process_id + 1) * local)
+        batch = {
+            'image': images.reshape(devices, -1, *shape)[rows],
+            'label': labels.reshape(devices, -1)[rows],
+        }
+        state, metrics = p_train(state, parallel.shard(batch), jax.random.key(0))
+    params = jax.device_get(state.params)
+    if process_id == 0:
+        flat = {'/'.join(k.key for k in path): np.asarray(v)
+                for path, v in jax.tree_util.tree_leaves_with_path(params)}
+        np.savez(out, loss=np.asarray(jax.device_get(metrics['loss'])), **flat)
+
+
+if __name__ == '__main__':
+    main(sys.argv[1], *map(int, sys.argv[2:]))

@@ -1,0 +1,188 @@
+"""Exact resume (clean stop, SIGKILL, SIGTERM), damaged checkpoints, evaluate and predict."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from alexnet_jax import checkpointing, train
+from tests.test_train import ROOT, small_config
+
+# Dropout, colour noise and a plateau schedule that divides mid-run: every source of state and
+# randomness that exact resume must reproduce.
+RESUME_FIELDS = {
+    'lr_schedule': 'plateau',
+    'plateau_patience': 1,
+    'eval_every_steps': 2,
+    'checkpoint_every_steps': 3,
+    'pca_noise_std': 0.1,
+}
+
+
+def _config(**overrides):
+    return small_config(**{**RESUME_FIELDS, **overrides})
+
+
+def _final_params(workdir, config):
+    state = train.load_trained_state(config, str(workdir))
+    return int(state.step), jax.tree.leaves(jax.device_get(state.params)), state
+
+
+def _assert_identical(a, b):
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+    """One run of 8 steps never stopped: the reference every resumed run must equal."""
+    workdir = tmp_path_factory.mktemp('uninterrupted')
+    config = _config(num_train_steps=8)
+    train.train_and_evaluate(config, str(workdir))
+    return _final_params(workdir, config)
+
+
+def test_clean_stop_and_resume_is_bit_identical(tmp_path, uninterrupted):
+    train.train_and_evaluate(_config(num_train_steps=5), str(tmp_path))
+    results = train.train_and_evaluate(_config(num_train_steps=8), str(tmp_path))
+    assert results['step'] == 8
+    step, params, state = _final_params(tmp_path, _config(num_train_steps=8))
+    assert step == uninterrupted[0] == 8
+    _assert_identical(params, uninterrupted[1])
+    # The plateau counters and the (possibly divided) learning rate came back too.
+    ref_state = uninterrupted[2]
+    assert int(state.plateau.reductions) == int(ref_state.plateau.reductions)
+    assert float(state.opt_state.hyperparams['learning_rate']) == float(
+        ref_state.opt_state.hyperparams['learning_rate']
+    )
+
+
+def _corrupt(step_dir):
+    for path in step_dir.joinpath('state').rglob('*'):
+        if path.is_file():
+            path.write_bytes(b'\0garbage')
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, uninterrupted, caplog):
+    train.train_and_evaluate(_config(num_train_steps=7), str(tmp_path))
+    checkpoints = tmp_path / 'checkpoints'
+    newest = max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
+    assert newest == 7
+    _corrupt(checkpoints / str(newest))
+    with caplog.at_level('INFO'):
+        train.train_and_evaluate(_config(num_train_steps=8), str(tmp_path))
+    assert any('unreadable' in r.message and f'/{newest}' in r.message for r in caplog.records)
+    _assert_identical(_final_params(tmp_path, _config(num_train_steps=8))[1], uninterrupted[1])
+
+
+def test_checkpoint_of_another_model_is_refused_naming_the_difference(tmp_path):
+    train.train_and_evaluate(_config(num_train_steps=3), str(tmp_path))
+    with pytest.raises(checkpointing.CheckpointMismatchError, match='num_classes'):
+        train.train_and_evaluate(_config(num_train_steps=6, num_classes=7), str(tmp_path))
+
+
+def test_checkpoints_are_not_pickles(tmp_path):
+    train.train_and_evaluate(_config(num_train_steps=3), str(tmp_path))
+    for path in (tmp_path / 'checkpoints').rglob('*'):
+        if path.is_file():
+            assert not path.read_bytes().startswith(b'\x80'), f'{path} looks like a pickle'
+
+
+def _cli(workdir, steps, **kwargs):
+    overrides = {
+        **RESUME_FIELDS,
+        'num_train_steps': steps,
+        'checkpoint_every_steps': 4,
+        'log_every_steps': 1,
+    }
+    args = [f'--config.{k}={v}' for k, v in overrides.items()]
+    cmd = [
+        sys.executable,
+        '-m',
+        'alexnet_jax.main',
+        '--config=configs/fashion_mnist.py',
+        f'--workdir={workdir}',
+        '--config.dataset=synthetic',
+        '--config.batch_size=16',
+        '--config.synthetic_num_train=256',
+        '--config.synthetic_num_eval=50',
+        '--config.learning_rate=0.01',
+        *args,
+    ]
+    return subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs
+    )
+
+
+def _wait_for_checkpoint(workdir, proc, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        steps = [p for p in (workdir / 'checkpoints').glob('[0-9]*') if p.name.isdigit()]
+        if steps:
+            return
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.05)
+    raise TimeoutError('no checkpoint appeared')
+
+
+@pytest.fixture(scope='module')
+def cli_reference(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp('cli_reference')
+    proc = _cli(workdir, 150)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    return workdir
+
+
+@pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGTERM])
+def test_killed_or_preempted_run_resumes_bit_identically(tmp_path, cli_reference, sig):
+    proc = _cli(tmp_path, 150)
+    _wait_for_checkpoint(tmp_path, proc)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=300)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 0, out[-3000:]
+        assert 'Stopped by SIGTERM' in out
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    stopped = max(int(p.name) for p in (tmp_path / 'checkpoints').glob('[0-9]*'))
+    assert stopped < 150, 'the run finished before the signal: make it longer'
+    proc = _cli(tmp_path, 150)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    config = _config(num_train_steps=150, learning_rate=0.01)
+    _, resumed, _ = _final_params(tmp_path, config)
+    _, reference, _ = _final_params(cli_reference, config)
+    _assert_identical(resumed, reference)
+
+
+def test_evaluate_command_writes_errors(tmp_path):
+    train.train_and_evaluate(_config(num_train_steps=4), str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, '-m', 'alexnet_jax.evaluate', f'--workdir={tmp_path}', '--crops=10'],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / 'eval_step4_10crop.json').read_text())
+    assert result['eval_count'] == 50 and result['eval_crops'] == 10
+    assert 0.0 <= result['eval_top5_error'] <= result['eval_top1_error'] <= 1.0
+
+
+def test_evaluate_without_a_run_says_so(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, '-m', 'alexnet_jax.evaluate', f'--workdir={tmp_path}'],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert 'config.json does not exist' in proc.stderr

@@ -1,0 +1,223 @@
+"""The pmapped step against a second code path, and the training loop end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from alexnet_jax import input_pipeline, models, optim, parallel, train
+from configs import fashion_mnist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_config(**overrides):
+    """The quick-start config on synthetic data, shrunk to a few fast steps."""
+    c = fashion_mnist.get_config()
+    c.dataset = 'synthetic'
+    c.synthetic_num_train = 256
+    c.synthetic_num_eval = 50
+    c.batch_size = 16
+    c.num_train_steps = 6
+    c.log_every_steps = 2
+    c.eval_every_steps = 4
+    c.checkpoint_every_steps = 2
+    c.lr_schedule = 'constant'
+    c.learning_rate = 0.01
+    for key, value in overrides.items():
+        c[key] = value
+    return c
+
+
+def _state_and_batch(config, global_batch=8):
+    shape = input_pipeline.get_dataset_info(config).image_shape
+    model = models.create_model(config).clone(bn_axis_name=parallel.AXIS)
+    state = train.create_train_state(config, model, shape, steps=10)
+    rng = np.random.default_rng(0)
+    batch = {
+        'image': rng.integers(0, 256, (global_batch, *shape), dtype=np.uint8),
+        'label': rng.integers(0, 10, (global_batch,), dtype=np.int32),
+    }
+    return state, batch
+
+
+def _run_step(config, state, batch, devices):
+    stats = input_pipeline.load_stats(config)
+    p_train, _ = train.pmap_steps(config, stats, devices)
+    n = len(devices)
+    sharded = {k: v.reshape(n, -1, *v.shape[1:]) for k, v in batch.items()}
+    new_state, metrics = p_train(
+        parallel.replicate(jax.device_get(state), devices),  # a copy: the step donates it
+        parallel.shard(sharded, devices),
+        jax.random.key(0),
+    )
+    return jax.device_get(new_state), jax.device_get(metrics)
+
+
+needs_two_devices = pytest.mark.skipif(
+    jax.local_device_count() < 2, reason='needs XLA_FLAGS=--xla_force_host_platform_device_count'
+)
+
+
+@needs_two_devices
+@pytest.mark.parametrize('norm', ['lrn', 'bn'])
+def test_two_device_step_equals_one_device_step_on_the_same_global_batch(norm):
+    # No dropout and no colour noise: their random draws differ per device by design.
+    config = small_config(dropout_rate=0.0, pca_noise_std=0.0, norm=norm)
+    state, batch = _state_and_batch(config)
+    one, m1 = _run_step(config, state, batch, jax.local_devices()[:1])
+    two, m2 = _run_step(config, state, batch, jax.local_devices()[:2])
+    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+    for a, b in zip(
+        jax.tree.leaves(one.batch_stats), jax.tree.leaves(two.batch_stats), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+    for key in m1:
+        np.testing.assert_allclose(m1[key], m2[key], rtol=2e-5, err_msg=key)
+    assert int(one.step) == int(two.step) == 1
+
+
+def test_step_matches_plain_gradient_descent_on_the_global_batch():
+    """A second code path: value_and_grad of the model on the whole batch, the paper's rule."""
+    config = small_config(dropout_rate=0.0, pca_noise_std=0.0, weight_decay=0.0005)
+    state, batch = _state_and_batch(config)
+    new_state, metrics = _run_step(config, state, batch, jax.local_devices()[:1])
+    stats = input_pipeline.load_stats(config)
+    images = input_pipeline.device_preprocess(batch, None, stats, config, train=False)
+
+    def loss_fn(params):
+        logits = state.apply_fn({'params': params}, images, train=True)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    mask = optim.decay_mask(state.params, decay_biases=False)
+    # First step from v = 0: w <- w - eps * (g + wd * w) for decayed leaves.
+    expected = jax.tree.map(
+        lambda w, g, m: w - 0.01 * (g + (0.0005 * w if m else 0.0)), state.params, grads, mask
+    )
+    for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(metrics['loss'], loss, rtol=1e-5)
+
+
+def test_train_step_compiles_once():
+    config = small_config()
+    state, batch = _state_and_batch(config)
+    stats = input_pipeline.load_stats(config)
+    p_train, _ = train.pmap_steps(config, stats)
+    n = jax.local_device_count()
+    batch = {k: np.repeat(v, n, axis=0).reshape(n, -1, *v.shape[1:]) for k, v in batch.items()}
+    compiles = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda event, *_, **__: compiles.append(event) if 'backend_compile' in event else None
+    )
+    state = parallel.replicate(jax.device_get(state))
+    state, _ = p_train(state, parallel.shard(batch), jax.random.key(0))
+    first = len(compiles)
+    for _ in range(3):
+        state, _ = p_train(state, parallel.shard(batch), jax.random.key(0))
+    jax.block_until_ready(state)
+    assert first >= 1
+    assert len(compiles) == first, 'the train step recompiled after its first call'
+
+
+def test_eval_counts_every_example_once_with_a_ragged_last_batch(tmp_path):
+    config = small_config(synthetic_num_eval=37, eval_batch_size=8 * jax.local_device_count())
+    results = train.train_and_evaluate(config, str(tmp_path))
+    assert results['eval_count'] == 37
+    assert 0.0 <= results['eval_top1_error'] <= results['eval_top5_error'] + 1.0
+    assert results['eval_top5_error'] <= results['eval_top1_error']
+
+
+def test_ten_crop_evaluation_averages_over_crops(tmp_path):
+    config = small_config(eval_crops=10, crop_padding=2)
+    results = train.train_and_evaluate(config, str(tmp_path))
+    assert results['eval_count'] == config.synthetic_num_eval
+    assert np.isfinite(results['eval_loss'])
+
+
+def test_nan_loss_stops_the_run_naming_the_step(tmp_path):
+    config = small_config(learning_rate=1e12, num_train_steps=20, log_every_steps=1)
+    with pytest.raises(FloatingPointError, match=r'at step \d+'):
+        train.train_and_evaluate(config, str(tmp_path))
+
+
+def _main(workdir, *overrides, config='configs/fashion_mnist.py', env=None):
+    cmd = [sys.executable, '-m', 'alexnet_jax.main', f'--config={config}', f'--workdir={workdir}']
+    return subprocess.run(
+        cmd + list(overrides),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.slow
+def test_cli_trains_on_real_fashion_mnist(tmp_path, fashion_mnist_data_dir):
+    """Loss goes down on real data through the CLI; overrides reach the run; files appear."""
+    workdir = tmp_path / 'run'
+    proc = _main(
+        workdir,
+        f'--config.data_dir={fashion_mnist_data_dir}',
+        '--config.num_train_steps=120',
+        '--config.batch_size=64',
+        '--config.log_every_steps=20',
+        '--config.eval_every_steps=1000',
+        '--config.learning_rate=0.03',
+        '--config.eval_batch_size=1000',
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((workdir / 'results.json').read_text())
+    assert results['step'] == 120
+    assert results['config']['batch_size'] == 64 and results['config']['learning_rate'] == 0.03
+    assert results['eval_count'] == 10_000
+    assert results['eval_top1_error'] < 0.5  # 10 classes: chance is 0.9
+    lines = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+    losses = [line['train_loss'] for line in lines if 'train_loss' in line]
+    assert losses[-1] < 0.6 * losses[0]
+    assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+
+
+@pytest.mark.parametrize(
+    ('override', 'message'),
+    [
+        ('--config.no_such_field=1', 'no_such_field'),
+        ('--config.batch_size=notanumber', 'batch_size'),
+        ('--config.learning_rate=-1', 'learning_rate'),
+        ('--config.model=resnet', 'resnet'),
+        ('--config.num_epochs=0', 'num_epochs'),
+    ],
+)
+def test_cli_rejects_bad_config_before_compute(tmp_path, override, message):
+    proc = _main(tmp_path / 'run', override, '--config.dataset=synthetic')
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+def test_cli_rejects_batch_not_divisible_by_devices(tmp_path):
+    proc = _main(
+        tmp_path / 'run',
+        '--config.dataset=synthetic',
+        '--config.batch_size=6',
+        env={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'},
+    )
+    assert proc.returncode != 0
+    assert 'batch_size=6' in proc.stderr and '4 devices' in proc.stderr
+
+
+def test_cli_rejects_unwritable_workdir(tmp_path):
+    blocker = tmp_path / 'file'
+    blocker.write_text('not a directory')
+    proc = _main(blocker / 'run', '--config.dataset=synthetic')
+    assert proc.returncode != 0
+    assert 'workdir' in proc.stderr
