@@ -23,6 +23,8 @@ from jax.experimental import multihost_utils
 
 from alexnet_jax import parallel
 
+log = logging.getLogger(__name__)
+
 # Fields that change the shapes or meaning of the saved state: a checkpoint written with other
 # values cannot be resumed. Any other changed field is reported and the new value used.
 STATE_DEFINING_FIELDS = (
@@ -115,14 +117,14 @@ class Checkpointer:
                     step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
                 )
             except Exception as error:  # orbax raises many types for damaged files
-                logging.error(
+                log.error(
                     'Checkpoint %s is unreadable (%s: %s); trying the previous one.',
                     self.directory / str(step),
                     type(error).__name__,
                     error,
                 )
                 continue
-            logging.info('Resuming from %s.', self.directory / str(step))
+            log.info('Resuming from %s.', self.directory / str(step))
             return serialization.from_state_dict(state, restored['state'])
         if steps:
             raise RuntimeError(
@@ -149,7 +151,7 @@ class Checkpointer:
             )
         if differ:
             details = ', '.join(f'{k}={current.get(k)!r}' for k in sorted(differ))
-            logging.warning('Resuming with config fields changed since the checkpoint: %s', details)
+            log.warning('Resuming with config fields changed since the checkpoint: %s', details)
 
 
 class PreemptionWatcher:

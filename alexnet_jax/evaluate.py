@@ -13,10 +13,10 @@ from absl import app, flags, logging
 from etils import epath
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'The training run\'s directory.', required=True)
+flags.DEFINE_string('workdir', None, "The training run's directory.", required=True)
 flags.DEFINE_integer('step', None, 'Checkpoint step (default: the newest).')
 flags.DEFINE_bool('best', False, 'Use the checkpoint with the lowest validation error.')
-flags.DEFINE_enum('crops', None, ['1', '10'], 'Centre crop or the paper\'s ten crops.')
+flags.DEFINE_enum('crops', None, ['1', '10'], "Centre crop or the paper's ten crops.")
 flags.DEFINE_string('data_dir', None, 'Override the tfds data_dir the run used.')
 flags.DEFINE_integer('eval_batch_size', None, 'Override the evaluation batch size.')
 
@@ -24,20 +24,23 @@ flags.DEFINE_integer('eval_batch_size', None, 'Override the evaluation batch siz
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
-    from alexnet_jax import input_pipeline, parallel, train
+    from alexnet_jax import input_pipeline, train
 
     try:
         config = train.config_from_workdir(FLAGS.workdir)
-        for field, value in (('eval_crops', FLAGS.crops), ('data_dir', FLAGS.data_dir),
-                             ('eval_batch_size', FLAGS.eval_batch_size)):
+        for field, value in (
+            ('eval_crops', FLAGS.crops),
+            ('data_dir', FLAGS.data_dir),
+            ('eval_batch_size', FLAGS.eval_batch_size),
+        ):
             if value is not None:
                 config[field] = int(value) if field == 'eval_crops' else value
         state = train.load_trained_state(config, FLAGS.workdir, FLAGS.step, FLAGS.best)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f'error: {error}')
     step = int(state.step)
-    _, p_eval = train.pmap_steps(config, input_pipeline.load_stats(config))
-    result = train.evaluate(p_eval, parallel.replicate(state), config)
+    placement = train.placement_for(config, input_pipeline.load_stats(config))
+    result = train.evaluate(placement, placement.place_state(state), config)
     result = {'step': step, 'eval_crops': config.eval_crops, **result}
     if jax.process_index() == 0:
         path = epath.Path(FLAGS.workdir) / f'eval_step{step}_{config.eval_crops}crop.json'

@@ -275,12 +275,12 @@ def create_eval_iter(
         examples = datasets.synthetic_eval_examples(config, pi, pc)
     else:
         n_total = get_dataset_info(config).num_eval
-        examples = _eval_examples(config, pi, pc)
+        examples = _eval_examples(config, pi, pc, host_batch)
     num_batches = math.ceil(math.ceil(n_total / pc) / host_batch)  # same on every host
     return _padded(examples, num_batches, host_batch, local_device_count)
 
 
-def _eval_examples(config, pi: int, pc: int) -> Iterator[dict[str, np.ndarray]]:
+def _eval_examples(config, pi: int, pc: int, host_batch: int) -> Iterator[dict[str, np.ndarray]]:
     source = _source(config, train=False, pi=pi, pc=pc)
     base_hw = _base_hw(config, source)
     offsets, flips = preprocessing.eval_offsets(base_hw, config.image_size, config.eval_crops)
@@ -302,7 +302,7 @@ def _eval_examples(config, pi: int, pc: int) -> Iterator[dict[str, np.ndarray]]:
     ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
     if config.skip_corrupt_images:
         ds = ds.ignore_errors()
-    return _numpy_batches(ds.batch(256).prefetch(tf.data.AUTOTUNE), config)
+    return _numpy_batches(ds.batch(host_batch).prefetch(tf.data.AUTOTUNE), config)
 
 
 def _padded(chunks, num_batches: int, host_batch: int, devices: int):

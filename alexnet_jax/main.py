@@ -60,9 +60,10 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
     initialize_distributed()
-    if jax.process_index() != 0:
-        logging.set_verbosity(logging.WARNING)
-    std_logging.getLogger('absl').setLevel(std_logging.INFO)
+    # Our progress at INFO on process 0; the libraries' (orbax logs every save) at WARNING.
+    logging.set_verbosity(logging.WARNING)
+    if jax.process_index() == 0:
+        std_logging.getLogger('alexnet_jax').setLevel(std_logging.INFO)
     from alexnet_jax import train  # after initialize: importing TF/tfds must not grab devices
 
     try:

@@ -16,6 +16,8 @@ import numpy as np
 from etils import epath
 from flax.metrics import tensorboard
 
+log = logging.getLogger(__name__)
+
 
 class Writer:
     """TensorBoard scalars and a JSON line per logged step, in the workdir."""
@@ -123,7 +125,7 @@ class Progress:
         if self._bar is not None:
             self._bar.write(line)
         else:
-            logging.info(line)
+            log.info(line)
 
     def close(self) -> None:
         if self._bar is not None:

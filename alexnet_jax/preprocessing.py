@@ -65,45 +65,43 @@ def random_crop_params(
     return yx, flip
 
 
-def _sample_coords(offsets: tf.Tensor, crop: int, scale: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Source coordinates (half-pixel convention) of the first and last sample of each crop."""
-    o = tf.cast(offsets, tf.float32)
-    first = (o + 0.5) * scale - 0.5
-    last = (o + crop - 0.5) * scale - 0.5
-    return first, last  # [K, 2] each, (y, x)
+def _plan(shape_hw: tf.Tensor, offsets: tf.Tensor, config):
+    """Where the samples of K crops fall in the image (all [2] vectors are (y, x)).
 
-
-def _crop_from_window(window, first, last, flips, lo, scale, crop: int) -> tf.Tensor:
-    """Samples K crops from a decoded window whose top-left is source pixel `lo` ([2])."""
-    # Upsampling (square smaller than resize_size) puts the outermost samples up to half a
-    # pixel outside the image, where resize clamps: replicate the edge pixels to match. The pad
-    # is 0 when downsampling, which MirrorPad forwards for free (a tf.cond would cost ~1 ms per
-    # image inside tf.data).
-    u = tf.cast(scale < 1.0, tf.int32)
-    window = tf.pad(window, [[u, u], [u, u], [0, 0]], mode='SYMMETRIC')
-    shift = tf.cast(lo - u, tf.float32)
-    size = tf.cast(tf.shape(window)[:2] - 1, tf.float32)
-    y1, x1 = (first[:, 0] - shift[0]) / size[0], (first[:, 1] - shift[1]) / size[1]
-    y2, x2 = (last[:, 0] - shift[0]) / size[0], (last[:, 1] - shift[1]) / size[1]
-    # A box given right to left samples the mirror image.
-    x1, x2 = tf.where(flips, x2, x1), tf.where(flips, x1, x2)
-    boxes = tf.stack([y1, x1, y2, x2], axis=1)
-    k = tf.shape(boxes)[0]
-    out = tf.image.crop_and_resize(window[None], boxes, tf.zeros([k], tf.int32), [crop, crop])
-    # Interpolated uint8 values stay in [0, 255]: adding 0.5 and truncating rounds (one pass).
-    return tf.cast(out + 0.5, tf.uint8)
-
-
-def _window(shape_hw, offsets, config):
-    """Square origin, scale and the decoded window [lo, hi) (square coords -> image coords)."""
-    h, w = shape_hw[0], shape_hw[1]
-    s = tf.minimum(h, w)
-    origin = tf.stack([(h - s) // 2, (w - s) // 2])
+    Returns the square's origin, the scale (source pixels per base pixel), the source
+    coordinates of the first and last sample of each crop ([K, 2], half-pixel convention, square
+    coordinates) and the rows/columns [lo, hi) of the square that the samples touch.
+    """
+    s = tf.reduce_min(shape_hw)
+    origin = (shape_hw - s) // 2
     scale = tf.cast(s, tf.float32) / float(config.resize_size)
-    first, last = _sample_coords(offsets, config.image_size, scale)
+    first = (tf.cast(offsets, tf.float32) + 0.5) * scale - 0.5
+    last = first + (config.image_size - 1) * scale
     lo = tf.maximum(tf.cast(tf.floor(tf.reduce_min(first, axis=0)), tf.int32), 0)
     hi = tf.minimum(tf.cast(tf.floor(tf.reduce_max(last, axis=0)), tf.int32) + 2, s)
     return origin, scale, first, last, lo, hi
+
+
+def _sample(window, first, last, flips, start, size, scale, crop: int) -> tf.Tensor:
+    """Bilinear samples of K crops from `window`: `size` rows/columns of the square from `start`
+    (both [2]; `start` may be negative where the window reaches past the square)."""
+    # Upsampling (square smaller than resize_size) puts the outermost samples up to half a
+    # pixel outside the image, where resize clamps: replicate the edge pixels to match. The pad
+    # is 0 when downsampling, which MirrorPad forwards for free (a tf.cond would cost ~1 ms per
+    # image inside tf.data). Written with few ops: each costs microseconds per image.
+    u = tf.cast(scale < 1.0, tf.int32)
+    window = tf.pad(window, u * tf.constant([[1, 1], [1, 1], [0, 0]]), mode='SYMMETRIC')
+    shift = tf.cast(start - u, tf.float32)
+    extent = tf.cast(size + 2 * u - 1, tf.float32)
+    b1, b2 = (first - shift) / extent, (last - shift) / extent  # [K, 2] normalised (y, x)
+    # A box given right to left samples the mirror image.
+    x1 = tf.where(flips, b2[:, 1], b1[:, 1])
+    x2 = tf.where(flips, b1[:, 1], b2[:, 1])
+    boxes = tf.stack([b1[:, 0], x1, b2[:, 0], x2], axis=1)
+    k = boxes.shape[0]  # static: 1 or 10
+    out = tf.image.crop_and_resize(window[None], boxes, tf.zeros([k], tf.int32), [crop, crop])
+    # Interpolated uint8 values stay in [0, 255]: adding 0.5 and truncating rounds (one pass).
+    return tf.cast(out + 0.5, tf.uint8)
 
 
 def resized_crops(
@@ -119,21 +117,26 @@ def resized_crops(
     if image.dtype != tf.uint8 and not jpeg:
         image = tf.io.decode_image(image, channels=channels, expand_animations=False)
     if image.dtype == tf.uint8:
-        origin, scale, first, last, lo, hi = _window(tf.shape(image)[:2], offsets, config)
-        window = image[origin[0] + lo[0] : origin[0] + hi[0], origin[1] + lo[1] : origin[1] + hi[1]]
-        return _crop_from_window(window, first, last, flips, lo, scale, crop)
+        origin, scale, first, last, lo, hi = _plan(tf.shape(image)[:2], offsets, config)
+        window = tf.slice(image, tf.concat([origin + lo, [0]], 0), tf.concat([hi - lo, [-1]], 0))
+        return _sample(window, first, last, flips, lo, hi - lo, scale, crop)
     shape = tf.image.extract_jpeg_shape(image)[:2]
-    origin, scale, first, last, lo, hi = _window(shape, offsets, config)
-    # Decode a margin of one 16x16 JPEG block more: libjpeg's chroma upsampling at a crop edge
-    # differs from a full decode, so the pixels used must lie a block inside.
+    origin, scale, first, last, lo, hi = _plan(shape, offsets, config)
+    # Decode a margin of a few pixels more: libjpeg's chroma upsampling at a crop edge differs
+    # from a full decode, so the pixels used must lie inside the decoded window.
     top = tf.maximum(origin + lo - _JPEG_MARGIN, 0)
     bottom = tf.minimum(origin + hi + _JPEG_MARGIN, shape)
     window = tf.image.decode_and_crop_jpeg(
         image, tf.concat([top, bottom - top], axis=0), channels=channels, dct_method=_DCT
     )
-    a = origin + lo - top
-    window = window[a[0] : a[0] + hi[0] - lo[0], a[1] : a[1] + hi[1] - lo[1]]
-    return _crop_from_window(window, first, last, flips, lo, scale, crop)
+    # Downsampling samples the decoded window as it is (a whole-tensor slice is free). Upsampling
+    # cuts it back to the square's [lo, hi), so that the edge replication copies the square's
+    # edge pixels, as resizing the square alone would.
+    u = tf.cast(scale < 1.0, tf.int32)
+    begin = u * (origin + lo - top)
+    size = u * (hi - lo) + (1 - u) * (bottom - top)
+    window = tf.slice(window, tf.concat([begin, [0]], 0), tf.concat([size, [-1]], 0))
+    return _sample(window, first, last, flips, top - origin + begin, size, scale, crop)
 
 
 def padded_crops(image: tf.Tensor, offsets: tf.Tensor, flips: tf.Tensor, config) -> tf.Tensor:
@@ -144,7 +147,7 @@ def padded_crops(image: tf.Tensor, offsets: tf.Tensor, flips: tf.Tensor, config)
     crops = []
     for k in range(offsets.shape[0]):  # K is static: 1 (train / centre) or 10
         c = tf.slice(padded, tf.stack([offsets[k, 0], offsets[k, 1], 0]), [crop, crop, -1])
-        crops.append(tf.cond(flips[k], lambda c=c: c[:, ::-1], lambda c=c: c))
+        crops.append(tf.where(flips[k], c[:, ::-1], c))  # no tf.cond: slow inside tf.data
     return tf.stack(crops)
 
 

@@ -9,7 +9,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -21,6 +21,8 @@ from flax.training import train_state
 
 from alexnet_jax import checkpointing, input_pipeline, metrics, models, optim, parallel
 from alexnet_jax.config_checks import validate_config
+
+log = logging.getLogger(__name__)
 
 AXIS = parallel.AXIS
 
@@ -162,13 +164,36 @@ def pmap_steps(
     return p_train, p_eval
 
 
-def evaluate(p_eval: Callable, state: TrainState, config: ml_collections.ConfigDict) -> dict:
+class Placement(NamedTuple):
+    """How the state and batches are laid out on the devices, and the steps that fit that."""
+
+    data_devices: int  # local data-parallel width: the pipeline's leading batch axis
+    place_state: Callable[[Any], Any]
+    place_batch: Callable[[Any], Any]
+    train_step: Callable  # (state, batch, rng) -> (state, metrics)
+    eval_step: Callable  # (state, batch) -> summed metrics
+
+
+def data_parallel(config: ml_collections.ConfigDict, stats: input_pipeline.Stats) -> Placement:
+    """Every local device holds the whole model and a slice of the batch (the default)."""
+    p_train, p_eval = pmap_steps(config, stats)
+    return Placement(jax.local_device_count(), parallel.replicate, parallel.shard, p_train, p_eval)
+
+
+def placement_for(config: ml_collections.ConfigDict, stats: input_pipeline.Stats) -> Placement:
+    if config.model_parallel_towers:  # Section 3.2: each tower on its own device
+        from alexnet_jax import towers
+
+        return towers.placement(config, stats)
+    return data_parallel(config, stats)
+
+
+def evaluate(placement: Placement, state: TrainState, config: ml_collections.ConfigDict) -> dict:
     """Loss and top-1/top-5 error over the whole evaluation split, each image counted once."""
     totals: dict[str, float] = {}
-    for batch in parallel.prefetch(
-        input_pipeline.create_eval_iter(config, local_device_count=jax.local_device_count()), 1
-    ):
-        for key, value in jax.device_get(p_eval(state, batch)).items():
+    batches = input_pipeline.create_eval_iter(config, local_device_count=placement.data_devices)
+    for batch in parallel.prefetch(batches, 1, placement.place_batch):
+        for key, value in jax.device_get(placement.eval_step(state, batch)).items():
             totals[key] = totals.get(key, 0.0) + float(value)
     count = totals.pop('count', 0.0)
     if count == 0:
@@ -188,9 +213,9 @@ def _maybe_update_plateau(state: TrainState, error: float, config) -> TrainState
     opt_state = state.opt_state
     if divide:
         lr = float(optim.current_learning_rate(opt_state)) * config.plateau_factor
-        logging.info('Validation error stopped improving: learning rate now %g.', lr)
+        log.info('Validation error stopped improving: learning rate now %g.', lr)
         opt_state = optim.set_learning_rate(opt_state, lr)
-    return state.replace(plateau=parallel.replicate(plateau), opt_state=opt_state)
+    return state.replace(plateau=plateau, opt_state=opt_state)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -205,10 +230,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ckpt = checkpointing.Checkpointer(workdir, config)
     state = ckpt.restore(state)
     start = int(state.step)
-    state = parallel.replicate(state)
+    placement = placement_for(config, stats)
+    state = placement.place_state(state)
     writer = metrics.Writer(workdir)
     writer.write_config(config)
-    logging.info(
+    log.info(
         '%s: %s parameters, %d steps of %d images (%d per epoch), from step %d.',
         config.model,
         f'{models.param_count(state.params):,}',
@@ -218,12 +244,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         start,
     )
 
-    p_train, p_eval = pmap_steps(config, stats)
     batches = parallel.prefetch(
         input_pipeline.create_train_iter(
-            config, local_device_count=jax.local_device_count(), start_step=start
+            config, local_device_count=placement.data_devices, start_step=start
         ),
         config.prefetch_batches,
+        placement.place_batch,
     )
     rng = jax.random.key(config.seed + 1)
     progress = metrics.Progress(start, total, steps_per_epoch, config.batch_size, writer)
@@ -232,16 +258,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     step = start
     try:
         while step < total:
-            state, step_metrics = p_train(state, next(batches), rng)
+            state, step_metrics = placement.train_step(state, next(batches), rng)
             step += 1
             progress.record(step, step_metrics)
             if step % config.log_every_steps == 0 or step == total:
                 progress.flush(step)  # raises FloatingPointError on a NaN loss, naming the step
             if step % config.eval_every_steps == 0 and step < total:
                 started = time.perf_counter()
-                eval_result = evaluate(p_eval, state, _center_crop(config))
+                eval_result = evaluate(placement, state, _center_crop(config))
                 writer.write_scalars(step, eval_result)
+                _log_eval(step, eval_result)
                 state = _maybe_update_plateau(state, eval_result['eval_top1_error'], config)
+                state = placement.place_state(state)  # new host values, same layout: no recompile
                 ckpt.save(step, state, eval_result)  # ranked for "keep the best"
                 progress.exclude(time.perf_counter() - started)
             stop = preemption.reached(step)
@@ -249,12 +277,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 ckpt.save(step, state)
             if stop:
                 ckpt.wait()
-                logging.warning(
+                log.warning(
                     'Stopped by %s at step %d, checkpoint saved: rerun to resume.', stop, step
                 )
                 return {'step': step, 'stopped_by': stop}
-        eval_result = evaluate(p_eval, state, config)
+        eval_result = evaluate(placement, state, config)
         writer.write_scalars(step, eval_result)
+        _log_eval(step, eval_result)
         ckpt.save(step, state, eval_result)
         ckpt.wait()
     finally:
@@ -271,6 +300,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer.write_results(results)
     writer.close()
     return results
+
+
+def _log_eval(step: int, result: dict[str, float]) -> None:
+    log.info(
+        'eval at step %d (%d images): top-1 error %.4f, top-5 error %.4f, loss %.4f',
+        step,
+        result['eval_count'],
+        result['eval_top1_error'],
+        result['eval_top5_error'],
+        result['eval_loss'],
+    )
 
 
 def _center_crop(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -1,6 +1,11 @@
-"""Shared fixtures."""
+"""Shared fixtures, and four fake CPU devices so every multi-device code path runs in tests."""
 
 import os
+
+# Before anything imports jax: the pmapped step, towers and multi-host tests need devices.
+os.environ['XLA_FLAGS'] = (
+    os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=4'
+).strip()
 
 import pytest
 

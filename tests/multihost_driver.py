@@ -39,8 +39,10 @@ def main(out: str, process_id: int = 0, num_processes: int = 1, port: int = 0) -
         state, metrics = p_train(state, parallel.shard(batch), jax.random.key(0))
     params = jax.device_get(state.params)
     if process_id == 0:
-        flat = {'/'.join(k.key for k in path): np.asarray(v)
-                for path, v in jax.tree_util.tree_leaves_with_path(params)}
+        flat = {
+            '/'.join(k.key for k in path): np.asarray(v)
+            for path, v in jax.tree_util.tree_leaves_with_path(params)
+        }
         np.savez(out, loss=np.asarray(jax.device_get(metrics['loss'])), **flat)
 
 
