@@ -79,6 +79,12 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
             'config.model_parallel_towers=True needs the two-tower paper model '
             f"(config.model='paper'), got model={config.model!r}, groups={config.groups}.",
         )
+        local = jax.local_device_count()
+        _require(
+            local >= 2 and local % 2 == 0,
+            f'config.model_parallel_towers=True puts the two towers on two devices each, but '
+            f'this host has {local} device(s); use an even number of devices, or set it False.',
+        )
     if workdir is not None:
         _check_writable(workdir)
 
