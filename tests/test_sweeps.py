@@ -1,0 +1,230 @@
+"""The sweep runner, its report and figures, on tiny synthetic runs (a few seconds each)."""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from alexnet_jax import train
+from experiments import figures, report, sweep
+from experiments.figures import filter_mosaic
+
+TINY_BUDGET = {
+    'dataset': 'synthetic',
+    'synthetic_num_train': 64,
+    'synthetic_num_eval': 20,
+    'batch_size': 16,
+    'num_train_steps': 4,
+    'log_every_steps': 2,
+    'eval_every_steps': 100,
+    'checkpoint_every_steps': 2,
+    'lr_schedule': 'constant',
+}
+
+
+def write_sweep(tmp_path, grid, seeds=(0,), budget=None, extra=''):
+    path = tmp_path / 'tiny.py'
+    path.write_text(
+        textwrap.dedent(
+            f"""\
+            BASE = 'configs/fashion_mnist.py'
+            grid = {grid!r}
+            seeds = {list(seeds)!r}
+            budget = {budget if budget is not None else TINY_BUDGET!r}
+            report = {{'target_train_error': [0.95]}}
+            {extra}
+            """
+        )
+    )
+    return str(path)
+
+
+def _json(*parts):
+    with open(os.path.join(*parts)) as f:
+        return json.load(f)
+
+
+def _results_mtimes(sweep_dir):
+    return {
+        name: os.stat(os.path.join(sweep_dir, name, 'results.json')).st_mtime_ns
+        for name in os.listdir(sweep_dir)
+        if os.path.exists(os.path.join(sweep_dir, name, 'results.json'))
+    }
+
+
+def test_tiny_sweep_runs_skips_finished_runs_reports_and_draws(tmp_path, capsys):
+    sweep_file = write_sweep(tmp_path, {'dropout_rate': [0.0, 0.5]})
+    sweep_dir = str(tmp_path / 'sweep')
+    assert sweep.main(['--sweep', sweep_file, '--workdir', sweep_dir]) == 0
+    names = ['dropout_rate=0.0__seed=0', 'dropout_rate=0.5__seed=0']
+    first = _results_mtimes(sweep_dir)
+    assert sorted(first) == names
+    for name in names:
+        results = _json(sweep_dir, name, 'results.json')
+        assert results['step'] == 4 and results['eval_count'] == 20
+        assert _json(sweep_dir, name, 'run.json')['seed'] == 0
+
+    # Rerun: both finished, nothing retrained.
+    assert sweep.main(['--sweep', sweep_file, '--workdir', sweep_dir]) == 0
+    assert _results_mtimes(sweep_dir) == first
+    assert '0 run, 2 skipped' in capsys.readouterr().out
+
+    capsys.readouterr()
+    assert report.main([sweep_dir]) == 0
+    text = capsys.readouterr().out
+    assert '| dropout_rate | seeds | test top-1 err %' in text
+    assert '| 0.0 | 1 |' in text and '| 0.5 | 1 |' in text
+    assert 'steps to 95% train err' in text
+    with open(os.path.join(sweep_dir, 'report.md')) as f:
+        assert f.read().strip() == text.strip()
+    for png in ('learning_curves.png', 'test_error.png'):
+        with open(os.path.join(sweep_dir, png), 'rb') as f:
+            assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+    # Figures 3 and 4 from the first run's checkpoint (the CLI loads the same way).
+    config, state = figures.load_run(os.path.join(sweep_dir, names[0]))
+    for out in (
+        figures.plot_filters(config, state, str(tmp_path / 'filters.png')),
+        figures.plot_neighbours(config, state, str(tmp_path / 'nn.png'), 2, 3, train_subset=20),
+    ):
+        assert os.path.getsize(out) > 1000
+
+
+def _fake_training(fail_on_rate):
+    """Stands in for train_and_evaluate: fails for one dropout rate, else writes a tiny run."""
+    calls = []
+
+    def fake(config, workdir):
+        calls.append(workdir)
+        if config.dropout_rate == fail_on_rate:
+            raise FloatingPointError('The training loss became nan at step 3.')
+        with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
+            for step, error in ((2, 0.9), (4, 0.6)):
+                f.write(json.dumps({'step': step, 'train_top1_error': error}) + '\n')
+            f.write(json.dumps({'step': 4, 'eval_top1_error': 0.7}) + '\n')
+        results = {'step': 4, 'eval_top1_error': 0.7, 'images_per_sec': 100.0}
+        with open(os.path.join(workdir, 'results.json'), 'w') as f:
+            json.dump(results, f)
+        return results
+
+    return fake, calls
+
+
+def test_a_failed_run_is_recorded_the_sweep_goes_on_and_the_report_lists_it(tmp_path, monkeypatch):
+    fake, calls = _fake_training(fail_on_rate=0.5)
+    monkeypatch.setattr(train, 'train_and_evaluate', fake)
+    sweep_file = write_sweep(tmp_path, [{'dropout_rate': 0.5}, {'dropout_rate': 0.0}], [0, 1])
+    sweep_dir = str(tmp_path / 'sweep')
+    assert sweep.main(['--sweep', sweep_file, '--workdir', sweep_dir]) == 1  # some failed
+    assert len(calls) == 4  # the runs after the failures still ran
+    failed = _json(sweep_dir, 'dropout_rate=0.5__seed=1', 'failed.json')
+    assert failed['error'].startswith('FloatingPointError: The training loss became nan')
+    assert 'Traceback' in failed['traceback']
+
+    text = report.build_report(sweep_dir, targets=[0.75])
+    assert '### Failed runs' in text
+    assert '- `dropout_rate=0.5__seed=0`: FloatingPointError: The training loss' in text
+    assert '| 0.5 | 0 (+2 failed) |' in text
+    # 0.0: test 70%, final train 60% (last 10% of steps: the step-4 window); the mean of the
+    # windows up to step 4, (90 + 60) / 2, reaches 75% there.
+    assert '| 0.0 | 2 | 70.00 ± 0.00 | 60.00 ± 0.00 | 10.00 ± 0.00 | 4 ± 0 |' in text
+
+    # Rerunning retries the failed runs only (a half-finished run resumes from its checkpoint:
+    # train_and_evaluate's own behaviour, tested in test_train.py).
+    calls.clear()
+    sweep.main(['--sweep', sweep_file, '--workdir', sweep_dir])
+    assert sorted(os.path.basename(c) for c in calls) == [
+        'dropout_rate=0.5__seed=0',
+        'dropout_rate=0.5__seed=1',
+    ]
+
+
+@pytest.mark.parametrize(
+    'grid, budget, message',
+    [
+        ({'dropuot_rate': [0.1]}, None, "field 'dropuot_rate' (did you mean 'dropout_rate'?)"),
+        ({'norm': ['lrn']}, {**TINY_BUDGET, 'num_steps': 4}, "unknown config field 'num_steps'"),
+        ({'norm': ['lrn', 'lnr']}, None, "Unknown norm 'lnr'"),
+        ({'batch_size': ['16']}, None, 'cannot set batch_size'),
+        ({}, None, 'empty grid'),
+        ({'norm': []}, None, 'empty grid'),
+        ([], None, 'empty grid'),
+    ],
+)
+def test_a_bad_sweep_fails_before_any_run_with_one_message(
+    tmp_path, monkeypatch, capsys, grid, budget, message
+):
+    def must_not_run(config, workdir):
+        raise AssertionError('a run started')
+
+    monkeypatch.setattr(train, 'train_and_evaluate', must_not_run)
+    sweep_file = write_sweep(tmp_path, grid, budget=budget)
+    sweep_dir = tmp_path / 'sweep'
+    assert sweep.main(['--sweep', sweep_file, '--workdir', str(sweep_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and message in err
+    assert not sweep_dir.exists()
+
+
+def test_write_scripts_writes_one_line_per_run(tmp_path):
+    sweep_file = write_sweep(
+        tmp_path, {'norm': ['lrn', 'none'], 'pooling': ['overlapping']}, [0, 1]
+    )
+    sweep_dir = tmp_path / 'sweep'
+    assert sweep.main(['--sweep', sweep_file, '--workdir', str(sweep_dir), '--write-scripts']) == 0
+    run_all = (sweep_dir / 'run_all.sh').read_text()
+    lines = [line for line in run_all.splitlines() if 'alexnet_jax.main' in line]
+    assert len(lines) == 4
+    assert '--config=configs/fashion_mnist.py' in lines[0]
+    assert '--config.norm=lrn --config.pooling=overlapping --config.seed=0' in lines[0]
+    assert '--config.num_train_steps=4' in lines[0]
+    assert f'--workdir={sweep_dir}/norm=none__pooling=overlapping__seed=1' in lines[3]
+    slurm = (sweep_dir / 'slurm_array.sh').read_text()
+    assert '#SBATCH --array=0-3' in slurm
+    assert slurm.count('alexnet_jax.main') == 4 and '$SLURM_ARRAY_TASK_ID' in slurm
+    for script in ('run_all.sh', 'slurm_array.sh'):
+        subprocess.run(['bash', '-n', str(sweep_dir / script)], check=True)  # valid bash
+    assert not (sweep_dir / 'norm=lrn__pooling=overlapping__seed=0').exists()  # nothing ran
+
+    # alexnet_jax.main's own flag parser reads the line back into the run's config.
+    argv = shlex.split(lines[3].split('|| ', 1)[1])[3:]
+    parse = (
+        'import sys; sys.argv = ["main", *sys.argv[1:]]; from absl import flags; '
+        'import alexnet_jax.main; flags.FLAGS(sys.argv); c = flags.FLAGS.config; '
+        'print(c.norm, c.pooling, c.seed, c.num_train_steps, c.dataset)'
+    )
+    out = subprocess.run(
+        [sys.executable, '-c', parse, *argv], cwd=sweep.ROOT, capture_output=True, text=True
+    )
+    assert out.stdout.split() == ['none', 'overlapping', '1', '4', 'synthetic'], out.stderr
+
+
+def test_run_names_are_stable_and_readable():
+    assert (
+        sweep.run_name({'norm': 'lrn', 'dropout_rate': 0.5}, 1)
+        == 'norm=lrn__dropout_rate=0.5__seed=1'
+    )
+    assert sweep.run_name({'dataset': 'a/b c'}, 0) == 'dataset=a-b-c__seed=0'
+
+
+def test_filter_mosaic_normalises_each_filter_and_keeps_grey_or_colour():
+    rng = np.random.default_rng(0)
+    grey = filter_mosaic(rng.normal(size=(5, 5, 1, 32)) * np.arange(1, 33))  # scales differ
+    assert grey.shape == (4 * 6 + 1, 8 * 6 + 1, 1)
+    for r, c in ((0, 0), (3, 7)):  # every filter spans [0, 1] on its own
+        tile = grey[1 + 6 * r : 6 * r + 6, 1 + 6 * c : 6 * c + 6]
+        assert tile.min() == 0.0 and tile.max() == 1.0
+    assert filter_mosaic(rng.normal(size=(11, 11, 3, 96))).shape == (6 * 12 + 1, 16 * 12 + 1, 3)
+
+
+def test_nearest_neighbours_by_euclidean_distance():
+    database = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 3.0], [1.0, 1.0]])
+    queries = np.array([[9.0, 0.0], [0.2, 0.1]])
+    np.testing.assert_array_equal(
+        figures.nearest_neighbours(queries, database, 2), [[1, 3], [0, 3]]
+    )
