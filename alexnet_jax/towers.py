@@ -59,7 +59,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from alexnet_jax import input_pipeline, models, parallel, train
+from alexnet_jax import input_pipeline, models, ops, parallel, train
 from alexnet_jax.config_checks import ConfigError
 from alexnet_jax.lrn import LRN
 
@@ -154,7 +154,7 @@ class TowerAlexNet(nn.Module):
                 kernel_init=kernel_init,
                 bias_init=bias_init,
                 dtype=self.dtype,
-                conv_general_dilated=models.split_grouped_conv,  # as AlexNet's, one group here
+                conv_general_dilated=ops.split_grouped_conv,  # as AlexNet's, one group here
                 name=name,
             )(x)
             x = act(x)

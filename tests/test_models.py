@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from alexnet_jax.lrn import lrn
-from alexnet_jax.models import VARIANTS, AlexNet, param_count, split_grouped_conv
+from alexnet_jax.models import VARIANTS, AlexNet, param_count
+from alexnet_jax.ops import split_grouped_conv
 
 LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
 INPUT_SIZE = {'paper': 227, 'single_tower': 227, 'caffenet': 227, 'owt': 224, 'bn': 227}

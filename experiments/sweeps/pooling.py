@@ -17,6 +17,8 @@ seeds = [0, 1]
 budget = {
     'num_train_steps': 250,
     'batch_size': 64,
+    'learning_rate': 0.02,  # pinned: the quick-start config has since moved to 0.05
+    'random_crop': True,  # pinned likewise (the quick start now crops at the centre)
     'lr_schedule': 'cosine',
     'warmup_epochs': 0.01,
     'log_every_steps': 10,
