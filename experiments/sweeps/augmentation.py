@@ -12,20 +12,14 @@ images (the small-image form of the paper's random 224 crops of 256 images). Off
 one grey channel and stays off; it applies to CIFAR-10 (configs/cifar10.py, pca_noise_std).
 """
 
-BASE = 'configs/fashion_mnist.py'
+from experiments.sweeps import common
+
+BASE = common.FASHION_MNIST
 grid = [
     {'random_crop': True, 'random_flip': True},
     {'random_crop': False, 'random_flip': False},
 ]
-seeds = [0, 1]
-budget = {
-    'num_train_steps': 250,
-    'batch_size': 64,
-    'learning_rate': 0.02,  # pinned: the quick-start config has since moved to 0.05
-    'lr_schedule': 'cosine',
-    'warmup_epochs': 0.01,
-    'log_every_steps': 10,
-    'eval_every_steps': 10_000,  # evaluate once, at the end (the whole 10,000-image test split)
-    'checkpoint_every_steps': 100,
-}
+seeds = common.SEEDS
+budget = dict(common.BUDGET)
+del budget['random_crop']  # the grid sets it
 report = {'target_train_error': [0.35, 0.3]}

@@ -12,18 +12,10 @@ one-GPU net with HALF the kernels in each conv layer (1.7% lower top-1 for the t
 has no width field, so that baseline is not in this sweep.
 """
 
-BASE = 'configs/fashion_mnist.py'
+from experiments.sweeps import common
+
+BASE = common.FASHION_MNIST
 grid = {'groups': [2, 1]}
-seeds = [0, 1]
-budget = {
-    'num_train_steps': 250,
-    'batch_size': 64,
-    'learning_rate': 0.02,  # pinned: the quick-start config has since moved to 0.05
-    'random_crop': True,  # pinned likewise (the quick start now crops at the centre)
-    'lr_schedule': 'cosine',
-    'warmup_epochs': 0.01,
-    'log_every_steps': 10,
-    'eval_every_steps': 10_000,  # evaluate once, at the end (the whole 10,000-image test split)
-    'checkpoint_every_steps': 100,
-}
+seeds = common.SEEDS
+budget = dict(common.BUDGET)
 report = {'target_train_error': [0.35, 0.3]}
