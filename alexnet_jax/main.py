@@ -68,8 +68,10 @@ def main(argv: list[str]) -> None:
 
     try:
         results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ConfigError, FileNotFoundError) as error:
-        logging.error('%s', error)
+    except (ConfigError, FileNotFoundError, ValueError, FloatingPointError) as error:
+        # Bad config, data or checkpoint, or a diverged loss: one line naming it and the fix.
+        # (CheckpointMismatchError is a ValueError.) The checkpoints already written stay.
+        logging.debug('Traceback:', exc_info=True)
         sys.exit(f'error: {error}')
     if 'eval_top1_error' in results:
         logging.info(

@@ -220,3 +220,19 @@ def test_cli_rejects_unwritable_workdir(tmp_path):
     proc = _main(blocker / 'run', '--config.dataset=synthetic')
     assert proc.returncode != 0
     assert 'workdir' in proc.stderr
+
+
+def test_cli_reports_a_diverged_loss_in_one_line(tmp_path):
+    proc = _main(
+        tmp_path / 'run',
+        '--config.dataset=synthetic',
+        '--config.synthetic_num_train=256',
+        '--config.synthetic_num_eval=50',
+        '--config.batch_size=16',
+        '--config.learning_rate=1e12',
+        '--config.num_train_steps=20',
+        '--config.log_every_steps=1',
+    )
+    assert proc.returncode != 0
+    assert 'error: The training loss became' in proc.stderr
+    assert 'Traceback' not in proc.stderr
