@@ -161,15 +161,20 @@ def test_killed_or_preempted_run_resumes_bit_identically(tmp_path, cli_reference
     _assert_identical(resumed, reference)
 
 
-def test_evaluate_command_writes_errors(tmp_path):
-    train.train_and_evaluate(_config(num_train_steps=4), str(tmp_path))
-    proc = subprocess.run(
-        [sys.executable, '-m', 'alexnet_jax.evaluate', f'--workdir={tmp_path}', '--crops=10'],
+def _command(name, workdir, *args):
+    """Runs ``python -m alexnet_jax.<name> --workdir=<workdir> <args>`` and captures it."""
+    return subprocess.run(
+        [sys.executable, '-m', f'alexnet_jax.{name}', f'--workdir={workdir}', *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+def test_evaluate_command_writes_errors(tmp_path):
+    train.train_and_evaluate(_config(num_train_steps=4), str(tmp_path))
+    proc = _command('evaluate', tmp_path, '--crops=10')
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / 'eval_step4_10crop.json').read_text())
     assert result['eval_count'] == 50 and result['eval_crops'] == 10
@@ -177,25 +182,13 @@ def test_evaluate_command_writes_errors(tmp_path):
 
 
 def test_evaluate_without_a_run_says_so(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, '-m', 'alexnet_jax.evaluate', f'--workdir={tmp_path}'],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _command('evaluate', tmp_path)
     assert proc.returncode != 0
     assert 'config.json does not exist' in proc.stderr
 
 
 def _predict(workdir, *paths):
-    return subprocess.run(
-        [sys.executable, '-m', 'alexnet_jax.predict', f'--workdir={workdir}', *map(str, paths)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return _command('predict', workdir, *map(str, paths))
 
 
 def test_predict_prints_top5_and_rejects_non_images(tmp_path):
@@ -234,12 +227,6 @@ def test_predict_prints_top5_and_rejects_non_images(tmp_path):
 
 def test_evaluate_with_no_checkpoint_says_so(tmp_path):
     (tmp_path / 'config.json').write_text(_config().to_json())
-    proc = subprocess.run(
-        [sys.executable, '-m', 'alexnet_jax.evaluate', f'--workdir={tmp_path}'],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _command('evaluate', tmp_path)
     assert proc.returncode != 0
     assert 'No checkpoint in' in proc.stderr
