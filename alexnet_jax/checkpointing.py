@@ -11,6 +11,7 @@ from ``config.seed`` and the step, and the input pipeline restarts at any step.
 import contextlib
 import json
 import logging
+import os
 import signal
 from typing import Any
 
@@ -49,6 +50,8 @@ class Checkpointer:
     """Keeps the last ``config.keep_checkpoints`` checkpoints and the best by validation error."""
 
     def __init__(self, workdir: str, config: ml_collections.ConfigDict):
+        if '://' not in workdir:  # orbax needs absolute paths; `--workdir runs/x` is relative
+            workdir = os.path.abspath(workdir)
         self.directory = epath.Path(workdir) / 'checkpoints'
         self.config = config
         policy = ocp.checkpoint_managers.AnyPreservationPolicy(

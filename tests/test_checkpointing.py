@@ -86,6 +86,14 @@ def test_checkpoint_of_another_model_is_refused_naming_the_difference(tmp_path):
         train.train_and_evaluate(_config(num_train_steps=6, num_classes=7), str(tmp_path))
 
 
+def test_relative_workdir_checkpoints_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the README runs with --workdir runs/fashion_mnist
+    train.train_and_evaluate(_config(num_train_steps=3), 'runs/relative')
+    assert (tmp_path / 'runs/relative/checkpoints/3').is_dir()
+    results = train.train_and_evaluate(_config(num_train_steps=4), 'runs/relative')
+    assert results['step'] == 4
+
+
 def test_checkpoints_are_not_pickles(tmp_path):
     train.train_and_evaluate(_config(num_train_steps=3), str(tmp_path))
     for path in (tmp_path / 'checkpoints').rglob('*'):
