@@ -12,7 +12,7 @@ Ours runs once on one thread and once as the training pipeline runs (AUTOTUNE); 
 process.
 
     python experiments/benchmarks/input_pipeline.py             # 256 images, 3 passes
-    python experiments/benchmarks/input_pipeline.py --images 512 --passes 5
+    python experiments/benchmarks/input_pipeline.py --images 512 --passes 7
 """
 
 import argparse
@@ -123,18 +123,21 @@ def tf_pass(ds) -> int:
     return sum(b.shape[0] for b in ds.as_numpy_iterator())
 
 
-def rate(run, passes: int) -> tuple[float, float]:
-    """Median images per wall second and per CPU second of this process (all its threads), over
-    `passes` timed passes after one warm-up pass. CPU seconds make "per core" independent of how
-    many cores a row used and of other load on the machine."""
-    run()
-    wall, cpu = [], []
+def rates(runs: list, passes: int) -> list[tuple[list[float], list[float]]]:
+    """Images per wall second and per CPU second of this process (all its threads) for each of
+    `runs`, over `passes` rounds after one warm-up round; the runs alternate within each round so
+    that drift in the machine's speed hits them alike. CPU seconds make "per core" independent
+    of how many cores a row used and of other load on the machine."""
+    for run in runs:
+        run()
+    out = [([], []) for _ in runs]
     for _ in range(passes):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        n = run()
-        wall.append(n / (time.perf_counter() - start))
-        cpu.append(n / (time.process_time() - start_cpu))
-    return statistics.median(wall), statistics.median(cpu)
+        for run, (wall, cpu) in zip(runs, out, strict=True):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            n = run()
+            wall.append(n / (time.perf_counter() - start))
+            cpu.append(n / (time.process_time() - start_cpu))
+    return out
 
 
 def main() -> None:
@@ -152,31 +155,39 @@ def main() -> None:
         paths = write_jpegs(folder, args.images)
         one = tf_dataset(paths, args.batch, parallel=False)
         every = tf_dataset(paths, args.batch, parallel=True)
-        rows = [
-            ('ours: tf.data, one thread', rate(lambda: tf_pass(one), args.passes)),
-            (
-                'PIL + numpy (torchvision transforms), one process',
-                rate(lambda: pil_pass(paths, args.batch, 0), args.passes),
-            ),
-            (
-                f'ours: tf.data, AUTOTUNE on {cores} cores',
-                rate(lambda: tf_pass(every), args.passes),
-            ),
+        names = [
+            'ours: tf.data, one thread',
+            'PIL + numpy (torchvision transforms), one process',
+            f'ours: tf.data, AUTOTUNE on {cores} cores',
         ]
+        runs = [
+            lambda: tf_pass(one),
+            lambda: pil_pass(paths, args.batch, 0),
+            lambda: tf_pass(every),
+        ]
+        measured = rates(runs, args.passes)
     print(
         f'Training transforms to {CROP}x{CROP} uint8 from {args.images} JPEGs 500x375 (q90), '
-        f'batch {args.batch}, median of {args.passes} passes after one warm-up; '
+        f'batch {args.batch}, median of {args.passes} alternating passes after one warm-up; '
         f'tensorflow {tf.__version__}, Pillow {Image.__version__}, {cores} CPUs'
     )
-    width = max(len(r[0]) for r in rows)
+    width = max(len(n) for n in names)
     print(f'| {"pipeline":<{width}} | images/s (wall) | images per CPU-second |')
     print(f'|{"-" * (width + 2)}|----------------:|----------------------:|')
-    for name, (wall, cpu) in rows:
+    for name, (wall, cpu) in zip(names, measured, strict=True):
+        wall, cpu = statistics.median(wall), statistics.median(cpu)
         print(f'| {name:<{width}} | {wall:15.1f} | {cpu:21.1f} |')
-    pil = rows[1][1][1]
+    pil = measured[1][1]
+
+    def ratio(row: int) -> str:
+        per_pass = [a / b for a, b in zip(measured[row][1], pil, strict=True)]
+        return (
+            f'{statistics.median(per_pass):.2f}x (passes {min(per_pass):.2f}-{max(per_pass):.2f})'
+        )
+
     print(
-        f'per core (images per CPU-second), ours / PIL: one thread {rows[0][1][1] / pil:.2f}x, '
-        f'AUTOTUNE {rows[2][1][1] / pil:.2f}x'
+        'per core (images per CPU-second), ours / PIL, median of the passes: '
+        f'one thread {ratio(0)}, AUTOTUNE {ratio(2)}'
     )
 
 
