@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from alexnet_jax.lrn import LRN
-from alexnet_jax.ops import fast_conv, max_pool, split_grouped_conv
+from alexnet_jax.ops import add_bias, max_pool, split_grouped_conv
 
 NORMS = ('lrn', 'bn', 'none')
 POOLINGS = ('overlapping', 'non_overlapping')
@@ -130,6 +130,42 @@ def _initializers(init: str, name: str) -> tuple[Any, Any]:
     return kernel, nn.initializers.zeros
 
 
+class Conv2D(nn.Module):
+    """``nn.Conv``'s parameters (``kernel`` HWIO, ``bias``) and result, built from ``ops``.
+
+    The same names, shapes and initial values as ``nn.Conv``, so checkpoints are unchanged; the
+    convolution and the bias add are the CPU-friendly ones in ``ops.py``.
+    """
+
+    features: int
+    kernel_size: int
+    strides: int = 1
+    padding: str | Sequence[tuple[int, int]] = 'SAME'
+    feature_group_count: int = 1
+    kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros
+    dtype: Any = jnp.float32
+    split_groups: bool = True  # run groups as separate convolutions (see split_grouped_conv)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, groups = self.kernel_size, self.feature_group_count
+        shape = (k, k, x.shape[-1] // groups, self.features)
+        kernel = self.param('kernel', self.kernel_init, shape, jnp.float32)
+        bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        conv = split_grouped_conv if self.split_groups else jax.lax.conv_general_dilated
+        y = conv(
+            x,
+            kernel,
+            (self.strides, self.strides),
+            self.padding,
+            feature_group_count=groups,
+            dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+        )
+        return add_bias(y, bias)
+
+
 class AlexNet(nn.Module):
     """AlexNet on NHWC images; ``apply(variables, images, train=...)`` returns float32 logits.
 
@@ -186,16 +222,16 @@ class AlexNet(nn.Module):
             if isinstance(padding, int):
                 padding = [(padding, padding), (padding, padding)]
             # Section 3.2: conv2, conv4 and conv5 see only their own tower's half of the input.
-            x = nn.Conv(
+            x = Conv2D(
                 conv.features,
-                (conv.kernel, conv.kernel),
+                conv.kernel,
                 strides=conv.stride,
                 padding=padding,
                 feature_group_count=spec.groups if i in (2, 4, 5) else 1,
                 kernel_init=kernel_init,
                 bias_init=bias_init,
                 dtype=self.dtype,
-                conv_general_dilated=split_grouped_conv if self.split_groups else fast_conv,
+                split_groups=self.split_groups,
                 name=name,
             )(x)
             x = act(x)

@@ -98,8 +98,10 @@ def train_step(
 
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     # Every device holds the same number of examples, so the mean of the per-device means is
-    # the gradient of the global batch's mean loss.
-    grads = jax.lax.pmean(grads, AXIS)
+    # the gradient of the global batch's mean loss. On one device XLA would still copy every
+    # gradient through the all-reduce (~50 ms a step for 61M parameters on CPU).
+    if jax.lax.axis_size(AXIS) > 1:
+        grads = jax.lax.pmean(grads, AXIS)
     new_state = state.apply_gradients(grads=grads)
     if has_bn:  # BatchNorm already averaged its statistics over AXIS (bn_axis_name)
         new_state = new_state.replace(batch_stats=updates['batch_stats'])

@@ -9,6 +9,8 @@ os.environ['XLA_FLAGS'] = (
 
 import pytest
 
+import alexnet_jax  # noqa: F401  (sets XLA:CPU's flags before any test starts a backend)
+
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 FASHION_MNIST_APT = 'apt-get install dataset-fashion-mnist'
 

@@ -1,12 +1,14 @@
 """The CPU-friendly convolution and max-pool against lax's own ops and their autodiff."""
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import ops
+from alexnet_jax import models, ops
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -18,30 +20,50 @@ def _lax_conv(x, w, strides, padding, groups=1):
 
 
 @pytest.mark.parametrize(
-    ('shape', 'kernel', 'stride', 'padding'),
+    ('shape', 'kernel', 'stride', 'padding', 'groups'),
     [
-        ((2, 27, 27, 3), (11, 11, 3, 8), 4, 'VALID'),  # conv1 of `paper`, shrunk
-        ((2, 26, 26, 3), (11, 11, 3, 8), 4, ((2, 2), (2, 2))),  # conv1 of `owt`
-        ((2, 9, 9, 6), (5, 5, 6, 4), 1, ((2, 2), (2, 2))),  # conv2
-        ((2, 7, 7, 4), (3, 3, 4, 5), 1, 'SAME'),  # conv3-5
+        ((2, 27, 27, 3), 11, 4, 'VALID', 1),  # conv1 of `paper`, shrunk
+        ((2, 26, 26, 3), 11, 4, ((2, 2), (2, 2)), 1),  # conv1 of `owt`
+        ((2, 9, 9, 6), 5, 1, ((2, 2), (2, 2)), 2),  # conv2, two towers
+        ((2, 7, 7, 4), 3, 1, 'SAME', 1),  # conv3-5
     ],
 )
-def test_fast_conv_values_and_gradients_equal_lax(shape, kernel, stride, padding):
+def test_conv2d_equals_flax_conv_in_parameters_values_and_gradients(
+    shape, kernel, stride, padding, groups
+):
+    """models.Conv2D (ops.split_grouped_conv + ops.add_bias) against flax's own nn.Conv."""
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=shape), jnp.float32)
-    w = jnp.asarray(rng.normal(size=kernel), jnp.float32)
+    kwargs = dict(strides=stride, padding=padding, feature_group_count=groups)
+    bias_init = nn.initializers.normal(1.0)  # nonzero, so the bias's part of the sum shows
+    ours = models.Conv2D(8, kernel, bias_init=bias_init, **kwargs)
+    ref = nn.Conv(8, (kernel, kernel), bias_init=bias_init, **kwargs)
+    params = ours.init(jax.random.key(0), x)
+    ref_params = ref.init(jax.random.key(0), x)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
+        np.testing.assert_array_equal(a, b)  # same names, shapes and initial values
+    assert jax.tree.structure(params) == jax.tree.structure(ref_params)
 
-    def loss(conv, x, w):
-        y = conv(x, w)
+    def loss(module, params, x):
+        y = module.apply(params, x)
         return jnp.sum(y * jnp.cos(y))  # a cotangent that differs everywhere
 
-    ours = lambda x, w: ops.fast_conv(x, w, (stride, stride), padding, dimension_numbers=NHWC)
-    ref = lambda x, w: _lax_conv(x, w, (stride, stride), padding)
-    np.testing.assert_allclose(ours(x, w), ref(x, w), rtol=1e-4, atol=1e-4)
-    g_ours = jax.grad(loss, argnums=(1, 2))(ours, x, w)
-    g_ref = jax.grad(loss, argnums=(1, 2))(ref, x, w)
-    for a, b in zip(g_ours, g_ref, strict=True):
+    np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=1e-4, atol=1e-4)
+    g_ours = jax.grad(loss, argnums=(1, 2))(ours, params, x)
+    g_ref = jax.grad(loss, argnums=(1, 2))(ref, params, x)
+    for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+def test_add_bias_gradient_is_the_sum_over_positions():
+    rng = np.random.default_rng(2)
+    y = jnp.asarray(rng.normal(size=(3, 5, 4, 6)), jnp.float32)
+    bias = jnp.asarray(rng.normal(size=(6,)), jnp.float32)
+    cot = rng.normal(size=y.shape)
+    dy, dbias = jax.vjp(ops.add_bias, y, bias)[1](jnp.asarray(cot, jnp.float32))
+    np.testing.assert_allclose(dbias, cot.sum(axis=(0, 1, 2)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dy, cot, rtol=1e-6)
+    np.testing.assert_allclose(ops.add_bias(y, bias), np.asarray(y) + np.asarray(bias), rtol=1e-6)
 
 
 def test_split_groups_gradients_equal_feature_group_count():
@@ -80,3 +102,16 @@ def test_max_pool_values_and_gradients_equal_flax(shape, window, stride, padding
     g_ours = jax.grad(lambda x: jnp.sum(ours(x) * cot))(x)
     g_ref = jax.grad(lambda x: jnp.sum(ref(x) * cot))(x)
     np.testing.assert_allclose(g_ours, g_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_package_turns_on_ynn_fusions_but_keeps_a_users_value():
+    import subprocess
+    import sys
+
+    code = 'import os, alexnet_jax; print(os.environ["XLA_FLAGS"])'
+    env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ['--xla_cpu_experimental_ynn_fusion_type=dot']
+    env['XLA_FLAGS'] = '--xla_cpu_experimental_ynn_fusion_type='
+    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)
+    assert out.stdout.split() == ['--xla_cpu_experimental_ynn_fusion_type=']
