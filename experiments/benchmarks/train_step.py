@@ -63,8 +63,8 @@ def _reply(obj: dict) -> None:
 
 class JaxRunner:
     def __init__(self, args: argparse.Namespace, variant: str):
-        # No XLA flag needed: XLA:CPU's defaults (YNNPACK for 2-D convolutions and dots, Eigen
-        # for the rest) are the fast path once models.py routes the kernel gradients to Eigen.
+        # Importing alexnet_jax before any computation turns on XLA:CPU's YNNPACK fusions (see
+        # alexnet_jax/__init__.py), exactly as a training run gets them; no other flag is set.
         import jax
 
         from alexnet_jax import datasets, input_pipeline, models, parallel, train
