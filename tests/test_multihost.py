@@ -78,6 +78,8 @@ def test_cli_runs_on_two_processes(tmp_path):
     ]
     outs = _run_all([base + [f'--process_id={i}'] for i in range(2)], devices=1)
     assert (tmp_path / 'results.json').exists()
-    steps = sorted(int(p.name) for p in (tmp_path / 'checkpoints').glob('[0-9]*'))
+    steps = sorted(
+        int(p.name) for p in (tmp_path / 'checkpoints').glob('[0-9]*') if p.name.isdigit()
+    )
     assert steps[-1] == 6
     assert 'step 6/6' in outs[0] and 'step 6/6' not in outs[1]  # only process 0 logs
