@@ -3,7 +3,7 @@
     sudo apt-get install dataset-fashion-mnist
     python -m alexnet_jax.main --config configs/fashion_mnist.py --workdir runs/fashion_mnist
 
-Expected: about 91% test accuracy (top-1 error ~0.09) after 6 epochs, about 10 minutes on 2 CPU
+Expected: about 91% test accuracy (top-1 error ~0.09) after 6 epochs, about 6 minutes on 2 CPU
 cores. The dataset's own benchmark lists 2-5 layer convnets at 0.876-0.947.
 """
 
