@@ -127,6 +127,29 @@ def test_train_step_compiles_once():
     assert len(compiles) == first, 'the train step recompiled after its first call'
 
 
+def test_one_device_step_updates_parameters_in_place():
+    """No all-reduce on one device, and still no copy of any kernel before its update."""
+    config = small_config()
+    state, batch = _state_and_batch(config)
+    stats = input_pipeline.load_stats(config)
+    devices = jax.local_devices()[:1]
+    p_train, _ = train.pmap_steps(config, stats, devices)
+    batch = {k: v[None] for k, v in batch.items()}
+    state = parallel.replicate(jax.device_get(state), devices)
+    hlo = p_train.lower(state, parallel.shard(batch, devices), jax.random.key(0)).compile()
+    entry = hlo.as_text().split('ENTRY', 1)[1]
+    kernels = {
+        'f32[' + ','.join(map(str, leaf.shape)) + ']'
+        for leaf in jax.tree.leaves(state.params)
+        if leaf.ndim > 1
+    }
+    lines = entry.splitlines()
+    reduced = [line.split('all-reduce(')[0] for line in lines if 'all-reduce(' in line]
+    assert not [r for r in reduced if any(k in r for k in kernels)], reduced  # metrics only
+    copies = [line for line in lines if ' copy(' in line and any(f'= {k}' in line for k in kernels)]
+    assert not copies, copies
+
+
 def test_eval_counts_every_example_once_with_a_ragged_last_batch(tmp_path):
     config = small_config(synthetic_num_eval=37, eval_batch_size=8 * jax.local_device_count())
     results = train.train_and_evaluate(config, str(tmp_path))
