@@ -15,6 +15,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from alexnet_jax import xla_cpu
 from alexnet_jax.config_checks import ConfigError
 
 FLAGS = flags.FLAGS
@@ -59,11 +60,14 @@ def _launched_on_several_hosts() -> bool:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+    keeps_memory = xla_cpu.keep_host_memory()  # before anything starts threads
     initialize_distributed()
     # Our progress at INFO on process 0; the libraries' (orbax logs every save) at WARNING.
     logging.set_verbosity(logging.WARNING)
     if jax.process_index() == 0:
         std_logging.getLogger('alexnet_jax').setLevel(std_logging.INFO)
+    if keeps_memory:
+        std_logging.getLogger(__name__).info('CPU backend: host memory is reused between steps.')
     from alexnet_jax import train  # after initialize: importing TF/tfds must not grab devices
 
     try:

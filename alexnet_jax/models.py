@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from alexnet_jax.lrn import LRN
-from alexnet_jax.ops import add_bias, max_pool, split_grouped_conv
+from alexnet_jax.ops import add_bias, dense, max_pool, split_grouped_conv
 
 NORMS = ('lrn', 'bn', 'none')
 POOLINGS = ('overlapping', 'non_overlapping')
@@ -166,6 +166,26 @@ class Conv2D(nn.Module):
         return add_bias(y, bias)
 
 
+class Dense(nn.Module):
+    """``nn.Dense``'s parameters (``kernel`` [in, out], ``bias``) and result, built from ``ops``.
+
+    Same names, shapes and initial values as ``nn.Dense``; the product and the bias add are the
+    CPU-friendly ones in ``ops.py``.
+    """
+
+    features: int
+    kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+        bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        return add_bias(dense(x, kernel), bias)
+
+
 class AlexNet(nn.Module):
     """AlexNet on NHWC images; ``apply(variables, images, train=...)`` returns float32 logits.
 
@@ -255,7 +275,7 @@ class AlexNet(nn.Module):
             kernel_init, bias_init = _initializers(spec.init_scheme, name)
             if spec.dropout_before_fc:
                 x = nn.Dropout(spec.dropout_rate, deterministic=not train)(x)
-            x = nn.Dense(
+            x = Dense(
                 spec.hidden,
                 kernel_init=kernel_init,
                 bias_init=bias_init,
@@ -267,7 +287,7 @@ class AlexNet(nn.Module):
             if not spec.dropout_before_fc:  # Section 4.2: drop the hidden neurons' outputs
                 x = nn.Dropout(spec.dropout_rate, deterministic=not train)(x)
         kernel_init, bias_init = _initializers(spec.init_scheme, 'fc8')
-        x = nn.Dense(
+        x = Dense(
             self.num_classes,
             kernel_init=kernel_init,
             bias_init=bias_init,

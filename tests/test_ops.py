@@ -1,6 +1,7 @@
-"""The CPU-friendly convolution and max-pool against lax's own ops and their autodiff."""
+"""The CPU-friendly ops against lax's and flax's own, and the process settings of xla_cpu.py."""
 
 import os
+import sys
 
 import flax.linen as nn
 import jax
@@ -55,6 +56,31 @@ def test_conv2d_equals_flax_conv_in_parameters_values_and_gradients(
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize(('batch', 'inputs', 'features'), [(4, 72, 40), (1, 9, 3), (32, 300, 17)])
+def test_dense_equals_flax_dense_in_parameters_values_and_gradients(batch, inputs, features):
+    """models.Dense (ops.dense + ops.add_bias) against flax's own nn.Dense, in float64 numpy."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(batch, inputs)), jnp.float32)
+    bias_init = nn.initializers.normal(1.0)
+    ours = models.Dense(features, bias_init=bias_init)
+    ref = nn.Dense(features, bias_init=bias_init)
+    params, ref_params = ours.init(jax.random.key(1), x), ref.init(jax.random.key(1), x)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert jax.tree.structure(params) == jax.tree.structure(ref_params)
+
+    kernel = np.asarray(params['params']['kernel'], np.float64)
+    bias = np.asarray(params['params']['bias'], np.float64)
+    x64 = np.asarray(x, np.float64)
+    y64 = x64 @ kernel + bias
+    np.testing.assert_allclose(ours.apply(params, x), y64, rtol=1e-5, atol=1e-5)
+    cot = rng.normal(size=y64.shape)  # d loss / dy for loss = sum(y * cot)
+    grads = jax.grad(lambda p, x: jnp.sum(ours.apply(p, x) * cot), argnums=(0, 1))(params, x)
+    np.testing.assert_allclose(grads[0]['params']['kernel'], x64.T @ cot, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grads[0]['params']['bias'], cot.sum(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grads[1], cot @ kernel.T, rtol=1e-5, atol=1e-5)
+
+
 def test_add_bias_gradient_is_the_sum_over_positions():
     rng = np.random.default_rng(2)
     y = jnp.asarray(rng.normal(size=(3, 5, 4, 6)), jnp.float32)
@@ -104,14 +130,53 @@ def test_max_pool_values_and_gradients_equal_flax(shape, window, stride, padding
     np.testing.assert_allclose(g_ours, g_ref, rtol=1e-6, atol=1e-6)
 
 
-def test_package_turns_on_ynn_fusions_but_keeps_a_users_value():
+def _run_python(code: str, **env: str) -> str:
     import subprocess
     import sys
 
+    env = {**{k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}, **env}
+    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+# Allocates a 64 MB output 24 times, each freed before the next, and counts the pages the kernel
+# faulted in for the last four (the heap settles within the first few).
+_FAULTS = """
+import resource, sys
+from alexnet_jax import xla_cpu
+print(xla_cpu.keep_host_memory())
+import jax, jax.numpy as jnp
+double = jax.jit(lambda a: a * 2.0)
+a = jnp.ones((4096, 4096), jnp.float32)
+for _ in range(20):
+    double(a).block_until_ready()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(4):
+    double(a).block_until_ready()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc settings')
+def test_keep_host_memory_reuses_freed_pages_and_can_be_turned_off():
+    pages = 4 * 64 * 2**20 // 4096  # a fresh 64 MB output, four times
+    applied, faults = _run_python(_FAULTS).split()
+    assert applied == 'True' and int(faults) < pages // 4
+    applied, faults = _run_python(_FAULTS, ALEXNET_JAX_KEEP_HOST_MEMORY='0').split()
+    assert applied == 'False' and int(faults) > 3 * pages // 4  # glibc's default: mmap, unmap
+
+
+def test_keep_host_memory_only_for_the_cpu_backend():
+    code = (
+        'from alexnet_jax import xla_cpu; print(xla_cpu.runs_on_cpu(), xla_cpu.keep_host_memory())'
+    )
+    assert _run_python(code, JAX_PLATFORMS='cuda,cpu').split() == ['False', 'False']
+    assert _run_python(code, JAX_PLATFORMS='cpu').split()[0] == 'True'
+
+
+def test_package_turns_on_ynn_fusions_but_keeps_a_users_value():
     code = 'import os, alexnet_jax; print(os.environ["XLA_FLAGS"])'
-    env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)
-    assert out.stdout.split() == ['--xla_cpu_experimental_ynn_fusion_type=dot']
-    env['XLA_FLAGS'] = '--xla_cpu_experimental_ynn_fusion_type='
-    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)
-    assert out.stdout.split() == ['--xla_cpu_experimental_ynn_fusion_type=']
+    assert _run_python(code).split() == ['--xla_cpu_experimental_ynn_fusion_type=dot']
+    off = '--xla_cpu_experimental_ynn_fusion_type='
+    assert _run_python(code, XLA_FLAGS=off).split() == [off]

@@ -5,13 +5,16 @@ Our side is exactly what training runs: ``train.pmap_steps(config, stats)`` on t
 placed once, so the step is measured, not the input pipeline), state created by
 ``train.create_train_state`` and placed by ``parallel.replicate``. The step includes the on-device
 preprocessing (uint8 -> float, PCA colour noise, mean-image subtraction), the forward and backward
-pass, the ``pmean`` and Section 5's SGD update (momentum 0.9, weight decay 5e-4).
+pass, the ``pmean`` and Section 5's SGD update (momentum 0.9, weight decay 5e-4). Its worker
+process starts as ``main.py`` does: ``xla_cpu.keep_host_memory()`` first (on CPU, glibc keeps
+freed memory for the next step), then ``import alexnet_jax`` (XLA:CPU's YNNPACK fusions).
 
 The PyTorch side is the same architecture written here: grouped convolutions (``groups=2``) for
 ``paper``, ``nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2)`` (PyTorch divides alpha by the
 size, so the paper's 1e-4 is 5e-4 there), dropout 0.5 where the variant has it, the same batch,
 float32, ``torch.optim.SGD(momentum=0.9, weight_decay=5e-4)`` on the kernels (biases not decayed,
-as here). Its input is a float32 batch made once.
+as here). Its input is a float32 batch made once. Its process keeps glibc's defaults unless
+``--torch-keep-host-memory`` gives it our malloc settings too.
 
 Each framework runs in its own worker process (clean peak memory, no shared thread pools); the
 parent alternates rounds between the two so that load from other processes hits both alike, and
@@ -64,7 +67,7 @@ def _reply(obj: dict) -> None:
 class JaxRunner:
     def __init__(self, args: argparse.Namespace, variant: str):
         # Importing alexnet_jax before any computation turns on XLA:CPU's YNNPACK fusions (see
-        # alexnet_jax/__init__.py), exactly as a training run gets them; no other flag is set.
+        # alexnet_jax/xla_cpu.py), exactly as a training run gets them; no other flag is set.
         import jax
 
         from alexnet_jax import datasets, input_pipeline, models, parallel, train
@@ -233,9 +236,16 @@ def worker(args: argparse.Namespace) -> None:
     sys.path.insert(0, ROOT)
     os.chdir(ROOT)
     sys.stdout = sys.stderr  # keep stdout for replies
+    keeps_memory = False
+    if args.worker == 'jax' or args.torch_keep_host_memory:
+        # First thing in the process, as main.py does for a training run (our side only, unless
+        # asked: PyTorch's default is glibc's default).
+        from alexnet_jax import xla_cpu
+
+        keeps_memory = xla_cpu.keep_host_memory()
     runner_cls = JaxRunner if args.worker == 'jax' else TorchRunner
     runner = runner_cls(args, args.variant)
-    _reply({'ready': True, 'device': runner.device})
+    _reply({'ready': True, 'device': runner.device, 'keeps_host_memory': keeps_memory})
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd['op'] == 'first':
@@ -259,6 +269,7 @@ class Worker:
         cmd += ['--batch', str(args.batch)]
         cmd += ['--half'] * args.half + ['--torch-channels-last'] * args.torch_channels_last
         cmd += ['--torch-compile'] * args.torch_compile
+        cmd += ['--torch-keep-host-memory'] * args.torch_keep_host_memory
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.ready = self._read()
 
@@ -284,11 +295,13 @@ def bench_variant(variant: str, args: argparse.Namespace) -> dict:
     result: dict = {'variant': variant}
     ours = Worker('jax', variant, args)
     result['device'] = ours.ready['device']
+    result['keeps_host_memory'] = ours.ready['keeps_host_memory']
     result['jax_first'] = ours.ask(op='first')
     theirs = None
     if not args.skip_torch:
         theirs = Worker('torch', variant, args)
         result['torch_device'] = theirs.ready['device']
+        result['torch_keeps_host_memory'] = theirs.ready['keeps_host_memory']
         result['torch_first'] = theirs.ask(op='first')
     peaks = [ours.ask(op='peak', size=args.peak_size, repeats=3)['gflops']]
     ours.ask(op='steps', n=args.warmup)
@@ -323,6 +336,11 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
     print()
     print(f'batch {args.batch}, {"bf16" if args.half else "fp32"}, device: {results[0]["device"]}')
     print(f'load average at the end: {os.getloadavg()[0]:.2f} (1 min)')
+    first = results[0]
+    print(
+        'host memory kept between steps (alexnet_jax/xla_cpu.py): '
+        f'ours {first["keeps_host_memory"]}, torch {first.get("torch_keeps_host_memory")}'
+    )
     head = f'{"variant":<13}{"ours img/s":>11}{"torch img/s":>12}{"ratio":>7}'
     head += f'{"compile s":>10}{"ours MiB":>9}{"torch MiB":>10}{"ours %pk":>9}{"torch %pk":>10}'
     print(head)
@@ -365,6 +383,11 @@ def main() -> None:
     parser.add_argument('--half', action='store_true', help='bfloat16 compute (both)')
     parser.add_argument('--torch-channels-last', action='store_true')
     parser.add_argument('--torch-compile', action='store_true')
+    parser.add_argument(
+        '--torch-keep-host-memory',
+        action='store_true',
+        help="give PyTorch's worker the malloc settings ours gets (alexnet_jax/xla_cpu.py)",
+    )
     parser.add_argument('--peak-size', type=int, default=2048, help='n of the n^3 matmul')
     parser.add_argument('--json', help='also write the results here')
     parser.add_argument('--worker', choices=('jax', 'torch'), help=argparse.SUPPRESS)

@@ -1,0 +1,65 @@
+"""Process settings that make training on XLA:CPU fast (issue 7; figures in experiments/RESULTS.md).
+
+Both must be in place before JAX starts its CPU backend. ``import alexnet_jax`` sets the XLA flag,
+so it has to come before the first JAX computation (``main.py``, the tests and the benchmarks do
+this). :func:`keep_host_memory` changes the whole process's malloc, so only the entry point calls
+it, first thing: ``main.py`` and the training-step benchmark.
+"""
+
+import ctypes
+import importlib.util
+import os
+import platform
+import sys
+
+# XLA:CPU runs convolutions and matrix products in YNNPACK only when its "dot" fusions are on;
+# JAX 0.10.2 leaves them off, and the training step is then ~1.3x slower. XLA reads XLA_FLAGS
+# once, when JAX starts its first backend. A value the user already set is kept
+# (``--xla_cpu_experimental_ynn_fusion_type=`` turns the fusions off). Other backends ignore it.
+YNN_FLAG = '--xla_cpu_experimental_ynn_fusion_type'
+
+# Set to 0 to leave glibc's malloc as it is.
+MALLOC_ENV = 'ALEXNET_JAX_KEEP_HOST_MEMORY'
+
+# mallopt(3) parameters, from glibc's <malloc.h>.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+
+# Python packages whose presence means JAX will run on an accelerator, not on the CPU.
+_ACCELERATOR_PACKAGES = ('jax_plugins', 'jax_cuda12_plugin', 'jax_cuda13_plugin', 'libtpu')
+
+
+def set_ynn_flag() -> None:
+    if YNN_FLAG not in os.environ.get('XLA_FLAGS', ''):
+        os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {YNN_FLAG}=dot'.strip()
+
+
+def runs_on_cpu() -> bool:
+    """Whether JAX will pick its CPU backend, judged without starting JAX."""
+    platforms = os.environ.get('JAX_PLATFORMS', '').strip()
+    if platforms:
+        return platforms.split(',')[0] == 'cpu'
+    return not any(importlib.util.find_spec(name) for name in _ACCELERATOR_PACKAGES)
+
+
+def keep_host_memory() -> bool:
+    """Have glibc keep freed memory for reuse instead of returning it to the kernel.
+
+    XLA:CPU allocates each step's outputs and its one temporary buffer afresh (several hundred
+    MB for AlexNet). glibc serves blocks that large with mmap and unmaps them on free, so every
+    step faults in and zeroes ~100k new pages (`owt`, batch 32: ~400 MB, ~5% of the step). Served
+    from the heap, never trimmed, in one arena (other arenas' heaps cannot hold blocks over
+    64 MB and fall back to mmap), the same pages are reused and a step faults none.
+
+    Only on the CPU backend: an accelerator's memory has its own allocator, and one arena could
+    slow a many-threaded input pipeline on a large host. Call it first thing in the process,
+    before JAX, TensorFlow or another library starts threads: a thread that already has an arena
+    keeps it, and called late this slowed a parallel tf.data pipeline here (called first it did
+    not). ``ALEXNET_JAX_KEEP_HOST_MEMORY=0`` turns it off. Returns whether it was applied.
+    """
+    if os.environ.get(MALLOC_ENV, '1') == '0' or not sys.platform.startswith('linux'):
+        return False
+    if platform.libc_ver()[0] != 'glibc' or not runs_on_cpu():
+        return False
+    libc = ctypes.CDLL(None)
+    settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_ARENA_MAX, 1))
+    return all(libc.mallopt(param, value) == 1 for param, value in settings)
