@@ -3,8 +3,8 @@
 Same values as ``lax.conv_general_dilated``, ``x @ kernel``, ``y + bias`` and ``nn.max_pool``
 (which other backends run as they are), and the same gradients up to float rounding
 (``tests/test_ops.py``); only how XLA:CPU runs them differs. They assume the YNNPACK fusions
-that ``alexnet_jax/xla_cpu.py`` turns on. What each change bought is
-measured in ``experiments/RESULTS.md`` (issue 7).
+that ``alexnet_jax/xla_cpu.py`` turns on. What each change bought is measured in
+``experiments/RESULTS.md`` (issue 7).
 """
 
 import functools
