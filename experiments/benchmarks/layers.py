@@ -16,9 +16,7 @@ Needs torch (``requirements-bench.txt``).
 import argparse
 import functools
 import os
-import statistics
 import sys
-import time
 from collections.abc import Callable
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
@@ -33,6 +31,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from alexnet_jax import ops  # noqa: E402
+from experiments.benchmarks.lrn import time_call  # noqa: E402
 
 # (name, input size, in channels, out channels, kernel, stride, padding, groups)
 CONVS = {
@@ -61,16 +60,6 @@ FCS = [('fc6', 9216, 4096), ('fc7', 4096, 4096), ('fc8', 4096, 1000)]
 
 def _ready(fn: Callable, *args: object) -> object:
     return jax.block_until_ready(fn(*args))
-
-
-def median_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def conv_rows(variant: str, batch: int, rng: np.random.Generator, torch) -> list[tuple]:
@@ -176,8 +165,10 @@ def main() -> None:
     for name, part, ours, theirs in rows:
         if name == 'conv1' and part == 'input grad':
             continue  # the step never needs the images' gradient
-        a = median_ms(ours, args.repeats)  # alternate, so that drift hits both alike
-        b = median_ms(theirs, args.repeats)
+        a = time_call(
+            ours, warmup=1, repeats=args.repeats
+        )  # alternate, so that drift hits both alike
+        b = time_call(theirs, warmup=1, repeats=args.repeats)
         total_ours, total_theirs = total_ours + a, total_theirs + b
         print(f'| {name} | {part} | {a:.1f} | {b:.1f} | {a / b:.2f} |', flush=True)
     ratio = total_ours / total_theirs
