@@ -15,7 +15,8 @@ import sys
 # XLA:CPU runs convolutions and matrix products in YNNPACK only when its "dot" fusions are on;
 # JAX 0.10.2 leaves them off, and the training step is then ~1.3x slower. XLA reads XLA_FLAGS
 # once, when JAX starts its first backend. A value the user already set is kept
-# (``--xla_cpu_experimental_ynn_fusion_type=`` turns the fusions off). Other backends ignore it.
+# (``--xla_cpu_experimental_ynn_fusion_type=`` turns the fusions off). It is set only where JAX
+# runs on the CPU (see set_ynn_flag).
 YNN_FLAG = '--xla_cpu_experimental_ynn_fusion_type'
 
 # Set to 0 to leave glibc's malloc as it is.
@@ -29,7 +30,9 @@ _ACCELERATOR_PACKAGES = ('jax_plugins', 'jax_cuda12_plugin', 'jax_cuda13_plugin'
 
 
 def set_ynn_flag() -> None:
-    if YNN_FLAG not in os.environ.get('XLA_FLAGS', ''):
+    # Not on an accelerator: there it would only reach the host backend, and a newer jaxlib
+    # may have renamed this experimental flag (XLA stops at an unknown flag).
+    if runs_on_cpu() and YNN_FLAG not in os.environ.get('XLA_FLAGS', ''):
         os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {YNN_FLAG}=dot'.strip()
 
 
