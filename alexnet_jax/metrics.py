@@ -14,7 +14,6 @@ import jax
 import ml_collections
 import numpy as np
 from etils import epath
-from flax.metrics import tensorboard
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +25,10 @@ class Writer:
         self.enabled = jax.process_index() == 0
         self.workdir = epath.Path(workdir)
         if self.enabled:
+            # Imported here: it pulls in TensorFlow and TensorBoard, which only the writing
+            # process needs (the model and the train step run without them).
+            from flax.metrics import tensorboard
+
             self.workdir.mkdir(parents=True, exist_ok=True)
             self._tb = tensorboard.SummaryWriter(str(self.workdir / 'tensorboard'))
             self._jsonl = (self.workdir / 'metrics.jsonl').open('a')
