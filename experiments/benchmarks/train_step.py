@@ -18,14 +18,15 @@ as here). Its input is a float32 batch made once. Its process keeps glibc's defa
 
 Each framework runs in its own worker process (clean peak memory, no shared thread pools); the
 parent alternates rounds between the two so that load from other processes hits both alike, and
-reports medians. Per variant: img/s of both, ratio ours/torch; then the median ratio, the compile
-time of our first step, the peak memory of each (RSS high-water mark minus the RSS after imports;
-on GPU the allocator's peak), and the achieved FLOP/s against a measured fp32 matmul peak.
+reports the median round (a round is ``--steps`` steps in a row, waited for after the last).
+Per variant: img/s of both, ratio ours/torch; then the median ratio, the compile time of our
+first step, the peak memory of each (RSS high-water mark minus the RSS after imports; on GPU the
+allocator's peak), and the achieved FLOP/s against a measured matmul peak (bf16 with --half).
 
     python experiments/benchmarks/train_step.py                       # CPU, batch 32, 3 variants
     python experiments/benchmarks/train_step.py --variants owt --repeats 5 --skip-torch
     python experiments/benchmarks/train_step.py --batch 256 --half --torch-channels-last \\
-        --torch-compile                                                # on a GPU
+        --torch-compile --overlap-compile --peak-size 8192 --steps 20  # on a GPU: gpu.sh
 
 Training FLOPs per image are 3x the forward multiply-adds x 2 (alexnet-spec.md's table).
 """
@@ -94,6 +95,7 @@ class JaxRunner:
         self.rng = jax.random.key(config.seed + 1)
         self.step, _ = train.pmap_steps(config, stats)
         self.device = str(jax.devices()[0].device_kind)
+        self.half = args.half
 
     def first_step(self) -> dict:
         durations: dict[str, float] = {}
@@ -104,20 +106,22 @@ class JaxRunner:
 
         self.jax.monitoring.register_event_duration_secs_listener(listener)
         start = time.perf_counter()
-        self._run()
+        self._run(wait=True)
         first = time.perf_counter() - start
         self.jax.monitoring.unregister_event_duration_listener(listener)
         backend = sum(v for k, v in durations.items() if 'backend_compile' in k)
         return {'first_step_s': first, 'compile_s': backend, 'compile_events': durations}
 
-    def _run(self) -> None:
+    def _run(self, wait: bool) -> None:
         self.state, metrics = self.step(self.state, self.batch, self.rng)
-        self.jax.block_until_ready((self.state, metrics))
+        if wait:
+            self.jax.block_until_ready((self.state, metrics))
 
     def matmul_peak(self, n: int, repeats: int) -> float:
         """Best fp32 (or bf16 with --half) GFLOP/s of an n x n x n jnp matmul."""
         jnp = self.jax.numpy
-        a = self.jax.random.normal(self.jax.random.key(0), (n, n), jnp.float32)
+        dtype = jnp.bfloat16 if self.half else jnp.float32
+        a = self.jax.random.normal(self.jax.random.key(0), (n, n), dtype)
         f = self.jax.jit(lambda a: a @ a)
         f(a).block_until_ready()
         best = float('inf')
@@ -177,6 +181,8 @@ class TorchRunner:
         self.torch = torch
         self.rss_base = _rss_mib()
         self.dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+        # cuDNN picks the fastest algorithm per convolution shape (fixed shapes here).
+        torch.backends.cudnn.benchmark = True
         torch.manual_seed(0)
         model = torch_alexnet(variant).to(self.dev)
         fmt = torch.channels_last if args.torch_channels_last else torch.contiguous_format
@@ -199,18 +205,19 @@ class TorchRunner:
         self.loss_fn = torch.nn.CrossEntropyLoss()
         self.device = torch.cuda.get_device_name() if self.dev.type == 'cuda' else 'cpu'
 
-    def _run(self) -> None:
+    def _run(self, wait: bool) -> None:
         torch = self.torch
         self.opt.zero_grad(set_to_none=True)
         with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.half):
             loss = self.loss_fn(self.model(self.images), self.labels)
         loss.backward()
         self.opt.step()
-        loss.item()  # waits for the step (and the GPU)
+        if wait:
+            loss.item()  # waits for the step (and the GPU)
 
     def first_step(self) -> dict:
         start = time.perf_counter()
-        self._run()
+        self._run(wait=True)
         return {'first_step_s': time.perf_counter() - start}
 
     def memory(self) -> dict:
@@ -221,14 +228,16 @@ class TorchRunner:
 
 
 def timed_steps(runner: 'JaxRunner | TorchRunner', n: int) -> dict:
-    """Wall and process CPU seconds of each of ``n`` steps (CPU time is steadier under load)."""
-    wall, cpu = [], []
-    for _ in range(n):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        runner._run()
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
-    return {'times': wall, 'cpu': cpu}
+    """Wall and process CPU seconds per step of ``n`` steps in a row.
+
+    Only the last step is waited for, as in training: on a GPU the host queues the next step
+    while the device runs this one (waiting after each would add the launch latency to every
+    step). CPU time is steadier under load on a CPU.
+    """
+    start, start_cpu = time.perf_counter(), time.process_time()
+    for i in range(n):
+        runner._run(wait=i == n - 1)
+    return {'time': (time.perf_counter() - start) / n, 'cpu': (time.process_time() - start_cpu) / n}
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -271,19 +280,22 @@ class Worker:
         cmd += ['--torch-compile'] * args.torch_compile
         cmd += ['--torch-keep-host-memory'] * args.torch_keep_host_memory
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.ready = self._read()
 
-    def _read(self) -> dict:
+    def read(self) -> dict:
+        """The next reply: 'ready' first, then one per command sent."""
         for line in self.proc.stdout:
             if line.startswith(MARK):
                 return json.loads(line[len(MARK) :])
             sys.stdout.write(line)
         raise RuntimeError(f'worker exited with code {self.proc.wait()}')
 
-    def ask(self, **cmd) -> dict:
+    def send(self, **cmd) -> None:
         self.proc.stdin.write(json.dumps(cmd) + '\n')
         self.proc.stdin.flush()
-        return self._read()
+
+    def ask(self, **cmd) -> dict:
+        self.send(**cmd)
+        return self.read()
 
     def close(self) -> None:
         self.proc.stdin.write(json.dumps({'op': 'quit'}) + '\n')
@@ -294,31 +306,39 @@ class Worker:
 def bench_variant(variant: str, args: argparse.Namespace) -> dict:
     result: dict = {'variant': variant}
     ours = Worker('jax', variant, args)
-    result['device'] = ours.ready['device']
-    result['keeps_host_memory'] = ours.ready['keeps_host_memory']
-    result['jax_first'] = ours.ask(op='first')
-    theirs = None
+    # With --overlap-compile both workers start and compile their first step at once (saves
+    # minutes of torch.compile on a GPU lease); otherwise PyTorch starts after our first step, so
+    # that our compile time is measured on an idle machine.
+    overlap = args.overlap_compile and not args.skip_torch
+    theirs = Worker('torch', variant, args) if overlap else None
+    ready = ours.read()
+    result['device'], result['keeps_host_memory'] = ready['device'], ready['keeps_host_memory']
+    ours.send(op='first')
+    if not overlap:
+        result['jax_first'] = ours.read()
     if not args.skip_torch:
-        theirs = Worker('torch', variant, args)
-        result['torch_device'] = theirs.ready['device']
-        result['torch_keeps_host_memory'] = theirs.ready['keeps_host_memory']
+        theirs = theirs or Worker('torch', variant, args)
+        ready = theirs.read()
+        result['torch_device'] = ready['device']
+        result['torch_keeps_host_memory'] = ready['keeps_host_memory']
         result['torch_first'] = theirs.ask(op='first')
-    peaks = [ours.ask(op='peak', size=args.peak_size, repeats=3)['gflops']]
-    ours.ask(op='steps', n=args.warmup)
-    if theirs:
-        theirs.ask(op='steps', n=args.warmup)
-    jax_times, torch_times = [], []
+    if overlap:
+        result['jax_first'] = ours.read()
+    workers = [w for w in (ours, theirs) if w]
+    for w in workers:
+        w.ask(op='steps', n=args.warmup)
+    times: dict[Worker, list[float]] = {w: [] for w in workers}
     for _ in range(args.repeats):  # alternate, so that outside load hits both alike
-        jax_times += ours.ask(op='steps', n=args.steps)['times']
-        if theirs:
-            torch_times += theirs.ask(op='steps', n=args.steps)['times']
-    peaks.append(ours.ask(op='peak', size=args.peak_size, repeats=3)['gflops'])
+        for w in workers:
+            times[w].append(w.ask(op='steps', n=args.steps)['time'])
+    # Memory before the matmul peak, whose buffers would otherwise count.
     result['jax_memory'] = ours.ask(op='memory')
-    ours.close()
     if theirs:
         result['torch_memory'] = theirs.ask(op='memory')
         theirs.close()
-    result['peak_gflops'] = max(peaks)
+    result['peak_gflops'] = ours.ask(op='peak', size=args.peak_size, repeats=5)['gflops']
+    ours.close()
+    jax_times, torch_times = times[ours], times.get(theirs, [])
     result['jax_step_s'] = statistics.median(jax_times)
     result['jax_img_s'] = args.batch / result['jax_step_s']
     if torch_times:
@@ -384,6 +404,11 @@ def main() -> None:
     parser.add_argument('--torch-channels-last', action='store_true')
     parser.add_argument('--torch-compile', action='store_true')
     parser.add_argument(
+        '--overlap-compile',
+        action='store_true',
+        help='start both workers and compile their first steps at the same time',
+    )
+    parser.add_argument(
         '--torch-keep-host-memory',
         action='store_true',
         help="give PyTorch's worker the malloc settings ours gets (alexnet_jax/xla_cpu.py)",
@@ -402,18 +427,19 @@ def main() -> None:
             parser.error(f'unknown variant {v!r}; choose from {", ".join(VARIANTS)}')
     print(f'load average at the start: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} cpus')
     results = []
+    start = time.perf_counter()
     for v in variants:
         results.append(bench_variant(v, args))
         r = results[-1]
         print(
             f'{v}: ours {r["jax_img_s"]:.2f} img/s, torch {r.get("torch_img_s", float("nan")):.2f}'
-            f' img/s, load {os.getloadavg()[0]:.2f}',
+            f' img/s, load {os.getloadavg()[0]:.2f}, {time.perf_counter() - start:.0f} s so far',
             flush=True,
         )
+        if args.json:  # after each variant, so that a run cut short keeps what it measured
+            with open(args.json, 'w') as f:
+                json.dump(results, f, indent=1)
     report(results, args)
-    if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(results, f, indent=1)
 
 
 if __name__ == '__main__':
