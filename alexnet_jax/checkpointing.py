@@ -6,6 +6,11 @@ unreplicated copy of numpy arrays, and the run's config as JSON. Orbax writes in
 directory and renames it when complete, so a crash mid-write leaves the previous checkpoint as
 the newest complete one. Nothing else is needed to resume exactly: the random keys are folded
 from ``config.seed`` and the step, and the input pipeline restarts at any step.
+
+Faults: a write that fails in orbax's background thread (read-only or full disk) is raised in
+the training loop by :meth:`Checkpointer.poll` within a step of finishing, as one
+:class:`CheckpointWriteError` naming the path and the OS reason. A checkpoint found unreadable
+on resume is skipped, and replaced when the run reaches its step again.
 """
 
 import contextlib
@@ -17,43 +22,62 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import serialization
 from jax.experimental import multihost_utils
 
-from alexnet_jax import parallel
+from alexnet_jax import models, parallel
 
 log = logging.getLogger(__name__)
 
-# Fields that change the shapes or meaning of the saved state: a checkpoint written with other
-# values cannot be resumed. Any other changed field is reported and the new value used.
-STATE_DEFINING_FIELDS = (
-    'dataset',
-    'model',
-    'num_classes',
-    'norm',
-    'groups',
-    'lr_schedule',
-    'momentum',
-    'weight_decay',
-    'decay_biases',
-)
 _ERROR_KEY = 'eval_top1_error'
 
 
 class CheckpointMismatchError(ValueError):
-    pass
+    """The checkpoint holds another network or another state layout than the config makes."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written; the message names the path and the OS reason."""
+
+
+def network_fields(config: ml_collections.ConfigDict) -> frozenset[str]:
+    """The config fields that define the network: exactly those ``models.create_model`` reads.
+
+    Derived by reading the config through a recorder, so a new model switch is checked on
+    resume without anyone remembering to list it here.
+    """
+    read: set[str] = set()
+
+    class Recorder:
+        def __getattr__(self, name: str) -> Any:
+            read.add(name)
+            return config[name]
+
+    models.create_model(Recorder())
+    return frozenset(read)
+
+
+def _network(config: ml_collections.ConfigDict) -> tuple[Any, int]:
+    """What the network is, independent of how the config spells it (None vs the preset)."""
+    model = models.create_model(config)
+    return model.spec, model.num_classes
 
 
 class Checkpointer:
     """Keeps the last ``config.keep_checkpoints`` checkpoints and the best by validation error."""
 
-    def __init__(self, workdir: str, config: ml_collections.ConfigDict):
+    def __init__(self, workdir: str, config: ml_collections.ConfigDict, read_only: bool = False):
         if '://' not in workdir:  # orbax needs absolute paths; `--workdir runs/x` is relative
             workdir = os.path.abspath(workdir)
         self.directory = epath.Path(workdir) / 'checkpoints'
         self.config = config
+        self._verbose = not read_only  # `evaluate` and `predict` only read: no "Resuming"
+        self._unreadable: set[int] = set()  # found damaged on restore: replace when reached
+        self._in_flight: int | None = None  # step of the save orbax is writing
+        self._failed = False
         policy = ocp.checkpoint_managers.AnyPreservationPolicy(
             [
                 ocp.checkpoint_managers.LatestN(n=config.keep_checkpoints),
@@ -68,32 +92,98 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                preservation_policy=policy, enable_async_checkpointing=True, create=True
+                preservation_policy=policy,
+                # Also needed for orbax to write the metrics into the checkpoint, so that "the
+                # best" survives a restart (`evaluate --best`, the ranking for retention).
+                best_fn=lambda m: m[_ERROR_KEY],
+                best_mode='min',
+                enable_async_checkpointing=True,
+                create=not read_only,
+                read_only=read_only,
             ),
-            item_names=('state', 'config'),
+            # Named handlers: the layout of a saved state can be read before restoring it.
+            item_handlers={
+                'state': ocp.StandardCheckpointHandler(),
+                'config': ocp.JsonCheckpointHandler(),
+            },
         )
+        _shorten_orbax_log()
+
+    def steps(self) -> list[int]:
+        """Steps of the complete checkpoints on disk, oldest first."""
+        return sorted(self.manager.all_steps())
 
     def save(self, step: int, state: Any, eval_result: dict | None = None, force: bool = False):
-        """Starts writing ``state`` at ``step`` in the background (a no-op if already saved)."""
+        """Starts writing ``state`` at ``step`` in the background.
+
+        A step already on disk is kept (the state at a step is a function of the step), unless
+        it was found unreadable: then it is replaced.
+        """
+        self.poll()
         if step in self.manager.all_steps():
-            return
+            if step not in self._unreadable:
+                return
+            log.warning('Replacing the unreadable checkpoint %s.', self.directory / str(step))
+            self.manager.delete(step)
+            self._unreadable.discard(step)
         host_state = serialization.to_state_dict(parallel.to_host(state))
         metrics = {_ERROR_KEY: eval_result[_ERROR_KEY]} if eval_result else None
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(host_state),
-                config=ocp.args.JsonSave(json.loads(self.config.to_json_best_effort())),
-            ),
-            metrics=metrics,
-            force=force,
-        )
+        with self._write_errors(step):
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(host_state),
+                    config=ocp.args.JsonSave(json.loads(self.config.to_json_best_effort())),
+                ),
+                metrics=metrics,
+                force=force,
+            )
+        self._in_flight = step
+
+    def poll(self) -> None:
+        """Raises :class:`CheckpointWriteError` if the last background write has failed.
+
+        Cheap enough for every step: it reads a flag unless a write has just finished.
+        """
+        if self._in_flight is not None and not self.manager.is_saving_in_progress():
+            self.wait()
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Blocks until the write in flight is on disk; raises if it failed."""
+        step, self._in_flight = self._in_flight, None
+        with self._write_errors(step):
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.close()  # waits for the save in flight
+        """Waits for the write in flight (raising if it fails), then releases orbax."""
+        if self._failed:  # already reported; orbax's failed threads would raise it again
+            return
+        step, self._in_flight = self._in_flight, None
+        with self._write_errors(step):
+            self.manager.close()
+
+    @contextlib.contextmanager
+    def _write_errors(self, step: int | None):
+        try:
+            yield
+        except Exception as error:  # orbax re-raises the background thread's exception
+            self._failed = True
+            os_error = error if isinstance(error, OSError) else None
+            reason = (os_error.strerror if os_error else None) or f'{type(error).__name__}: {error}'
+            path = (os_error.filename if os_error else None) or self.directory / str(step)
+            kept = self._complete_steps()
+            newest = f'step {kept[-1]}' if kept else 'none'
+            raise CheckpointWriteError(
+                f'Writing checkpoint {step} failed: {path}: {reason}. Newest complete checkpoint: '
+                f'{newest}. Free space or fix permissions under {self.directory}, then rerun '
+                f'to resume.'
+            ) from None
+
+    def _complete_steps(self) -> list[int]:
+        """Complete steps on disk, read from the directory (the manager may be broken)."""
+        with contextlib.suppress(OSError):
+            return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit())
+        return []
 
     def best_step(self) -> int | None:
         return self.manager.best_step()
@@ -101,9 +191,11 @@ class Checkpointer:
     def restore(self, state: Any, step: int | None = None) -> Any:
         """``state`` restored from checkpoint ``step``, or from the newest readable one.
 
-        Without a step, a newest checkpoint that cannot be read (truncated, corrupt) is named
-        and skipped in favour of the one before it, and no checkpoint at all returns ``state``
-        unchanged. A checkpoint of another model or optimizer is refused.
+        ``state`` may hold arrays or ``jax.ShapeDtypeStruct``s (then only numpy arrays come
+        back). Without a step, a newest checkpoint that cannot be read (truncated, corrupt) is
+        named and skipped in favour of the one before it, and replaced when its step is saved
+        again; no checkpoint at all returns ``state`` unchanged. A checkpoint of another network
+        or state layout is refused, naming what differs.
         """
         steps = sorted(self.manager.all_steps(), reverse=True)
         if step is not None:
@@ -112,9 +204,13 @@ class Checkpointer:
                     f'No checkpoint for step {step} in {self.directory}; it has {sorted(steps)}.'
                 )
             steps = [step]
-        target = serialization.to_state_dict(parallel.to_host(state))
+        target = jax.tree.map(
+            lambda x: np.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x,
+            serialization.to_state_dict(parallel.to_host(state)),
+        )
         for step in steps:
-            self._check_config(step)
+            self.check_config(step)
+            self._check_layout(step, target)
             try:
                 restored = self.manager.restore(
                     step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
@@ -126,8 +222,10 @@ class Checkpointer:
                     type(error).__name__,
                     error,
                 )
+                self._unreadable.add(step)
                 continue
-            log.info('Resuming from %s.', self.directory / str(step))
+            if self._verbose:
+                log.info('Resuming from %s.', self.directory / str(step))
             return serialization.from_state_dict(state, restored['state'])
         if steps:
             raise RuntimeError(
@@ -136,7 +234,8 @@ class Checkpointer:
             )
         return state
 
-    def _check_config(self, step: int) -> None:
+    def check_config(self, step: int) -> None:
+        """Refuses another network or dataset; reports other changed fields and goes on."""
         try:
             saved = self.manager.restore(
                 step, args=ocp.args.Composite(config=ocp.args.JsonRestore())
@@ -145,22 +244,79 @@ class Checkpointer:
             return
         current = json.loads(self.config.to_json_best_effort())
         differ = {k for k in set(saved) | set(current) if saved.get(k) != current.get(k)}
-        fatal = sorted(differ & set(STATE_DEFINING_FIELDS))
+        # What the labels mean, and the network: checked by meaning, so `norm=None` on the
+        # paper model equals `norm='lrn'`.
+        fatal = sorted(differ & (network_fields(self.config) | {'dataset'}))
+        if fatal:
+            saved_config = self.config.copy_and_resolve_references()
+            with saved_config.unlocked():
+                saved_config.update({k: v for k, v in saved.items() if k in saved_config})
+            same_network = _network(saved_config) == _network(self.config)
+            if same_network and 'dataset' not in fatal:
+                fatal = []
         if fatal:
             details = ', '.join(f'{k}: {saved.get(k)!r} -> {current.get(k)!r}' for k in fatal)
             raise CheckpointMismatchError(
-                f'The checkpoint in {self.directory / str(step)} was written by a different model '
-                f'or optimizer ({details}). Use another --workdir, or the same config.'
+                f'The checkpoint in {self.directory / str(step)} was written for another network '
+                f'or dataset ({details}). Use another --workdir, or the same config.'
             )
-        if differ:
+        if differ and self._verbose:
             details = ', '.join(f'{k}={current.get(k)!r}' for k in sorted(differ))
             log.warning('Resuming with config fields changed since the checkpoint: %s', details)
+
+    def _check_layout(self, step: int, target: Any) -> None:
+        """Refuses a checkpoint whose arrays differ in name or shape from the state's."""
+        try:
+            metadata = self.manager.item_metadata(step)['state']
+            saved = {
+                jax.tree_util.keystr(path): tuple(leaf.shape)
+                for path, leaf in jax.tree_util.tree_leaves_with_path(metadata)
+            }
+        except Exception:  # unreadable metadata: the restore itself will report the damage
+            return
+        wanted = {
+            jax.tree_util.keystr(path): tuple(np.shape(leaf))
+            for path, leaf in jax.tree_util.tree_leaves_with_path(target)
+        }
+        differ = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+        if differ:
+            details = '; '.join(
+                f'{k}: saved {saved.get(k, "absent")}, now {wanted.get(k, "absent")}'
+                for k in differ[:4]
+            )
+            more = f' (and {len(differ) - 4} more)' if len(differ) > 4 else ''
+            raise CheckpointMismatchError(
+                f'The checkpoint in {self.directory / str(step)} holds other arrays than this '
+                f'config makes ({details}{more}). Use another --workdir, or the same config.'
+            )
+
+
+class _OrbaxLogFilter(logging.Filter):
+    """Orbax's log, shortened where this module reports the same thing itself.
+
+    Drops the warning on every save without metrics (most saves have none), and the tracebacks
+    of a failed background write (:class:`CheckpointWriteError` names the path and reason).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith('Requested `tracked_metric`'):
+            return False
+        if record.exc_info and 'orbax' in record.pathname:
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _shorten_orbax_log() -> None:
+    absl_logger = logging.getLogger('absl')
+    if not any(isinstance(f, _OrbaxLogFilter) for f in absl_logger.filters):
+        absl_logger.addFilter(_OrbaxLogFilter())
 
 
 class PreemptionWatcher:
     """Turns SIGTERM (what schedulers send before preemption) and Ctrl-C into a clean stop.
 
-    The stop happens at a step boundary, after a checkpoint. With several processes, JAX's
+    The stop happens at a step boundary, after a checkpoint; an evaluation in progress is
+    abandoned (:meth:`requested` is checked between its batches). With several processes, JAX's
     distributed runtime catches SIGTERM and every host agrees on the same step through its
     preemption sync point; a single process uses a signal handler.
     """
@@ -177,6 +333,10 @@ class PreemptionWatcher:
     def _handle(self, signum: int, _frame: Any) -> None:
         self.signal_name = signal.Signals(signum).name
 
+    def requested(self) -> bool:
+        """Whether this process has been asked to stop (no communication with other hosts)."""
+        return self.signal_name is not None and not self._multihost
+
     def reached(self, step: int) -> str | None:
         if self._multihost and multihost_utils.reached_preemption_sync_point(step):
             return 'preemption notice'
@@ -186,3 +346,13 @@ class PreemptionWatcher:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+def exit_code(stopped_by: str) -> int:
+    """The exit status of a run stopped by a signal: 128 + its number, as shells report it.
+
+    A preemption notice on several hosts comes from SIGTERM. Retry wrappers tell a preempted
+    run (143 or 130: rerun to resume) from a finished one (0) and a failed one (1).
+    """
+    name = 'SIGTERM' if stopped_by == 'preemption notice' else stopped_by
+    return 128 + int(signal.Signals[name])

@@ -72,6 +72,15 @@ def validate_config(config: ml_collections.ConfigDict, workdir: str | None = Non
     )
     for field in ('eval_every_steps', 'checkpoint_every_steps', 'log_every_steps'):
         _require(config[field] > 0, f'config.{field}={config[field]} must be positive.')
+    _require(
+        config.log_every_seconds > 0,
+        f'config.log_every_seconds={config.log_every_seconds} must be positive.',
+    )
+    _require(
+        config.eval_num_examples is None or config.eval_num_examples >= 0,
+        f'config.eval_num_examples={config.eval_num_examples} must be None (the whole split), '
+        f'0 (no evaluation) or a positive number of images.',
+    )
     _require(config.keep_checkpoints > 0, 'config.keep_checkpoints must be at least 1.')
     if config.model_parallel_towers:
         _require(

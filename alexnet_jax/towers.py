@@ -254,7 +254,9 @@ def _train_body(state, batch, rng, *, apply_fn, config, stats):
     new_state, step_metrics = train.train_step(
         state.replace(apply_fn=apply_fn), _squeeze(batch), rng, config=config, stats=stats
     )
-    return new_state.replace(apply_fn=own_apply), step_metrics
+    # Each tower checked its own half of the parameters: finite only if both halves are.
+    finite = jax.lax.pmin(step_metrics['finite'].astype(jnp.int32), TOWER).astype(bool)
+    return new_state.replace(apply_fn=own_apply), {**step_metrics, 'finite': finite}
 
 
 def _eval_body(state, batch, *, apply_fn, config, stats):

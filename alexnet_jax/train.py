@@ -5,6 +5,7 @@
 """
 
 import functools
+import itertools
 import json
 import logging
 import time
@@ -19,7 +20,15 @@ import optax
 from etils import epath
 from flax.training import train_state
 
-from alexnet_jax import checkpointing, input_pipeline, metrics, models, optim, parallel
+from alexnet_jax import (
+    checkpointing,
+    input_pipeline,
+    metrics,
+    models,
+    optim,
+    parallel,
+    workdir_lock,
+)
 from alexnet_jax.config_checks import validate_config
 
 log = logging.getLogger(__name__)
@@ -55,15 +64,22 @@ def create_train_state(
 
 
 def _classification_sums(logits_or_probs: jax.Array, labels: jax.Array, mask: jax.Array) -> dict:
-    """Top-1 / top-5 error counts over the real (masked-in) examples."""
-    top5 = jax.lax.top_k(logits_or_probs, 5)[1]
-    hit = top5 == labels[:, None]
+    """Top-1 (and, with more than five classes, top-5) error counts over the masked-in examples.
+
+    With five classes or fewer every label is in the top five: no top-5 error is reported.
+    """
     mask = mask.astype(jnp.float32)
-    return {
-        'top1_errors': jnp.sum((1.0 - hit[:, 0]) * mask),
-        'top5_errors': jnp.sum((1.0 - hit.any(axis=1)) * mask),
-        'count': jnp.sum(mask),
-    }
+    top1 = jnp.argmax(logits_or_probs, axis=-1) == labels
+    sums = {'top1_errors': jnp.sum((1.0 - top1) * mask), 'count': jnp.sum(mask)}
+    if logits_or_probs.shape[-1] > 5:
+        top5 = jax.lax.top_k(logits_or_probs, 5)[1]
+        hit5 = (top5 == labels[:, None]).any(axis=1)
+        sums['top5_errors'] = jnp.sum((1.0 - hit5) * mask)
+    return sums
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(tree)]))
 
 
 def _after_all(grads: Any) -> Any:
@@ -121,12 +137,14 @@ def train_step(
     if has_bn:  # BatchNorm already averaged its statistics over AXIS (bn_axis_name)
         new_state = new_state.replace(batch_stats=updates['batch_stats'])
     sums = _classification_sums(logits, labels, jnp.ones_like(labels))
-    count = jax.lax.psum(sums['count'], AXIS)
+    count = jax.lax.psum(sums.pop('count'), AXIS)
     step_metrics = {
         'loss': jax.lax.pmean(loss, AXIS),
-        'top1_error': jax.lax.psum(sums['top1_errors'], AXIS) / count,
-        'top5_error': jax.lax.psum(sums['top5_errors'], AXIS) / count,
+        **{k.replace('_errors', '_error'): jax.lax.psum(v, AXIS) / count for k, v in sums.items()},
         'learning_rate': optim.current_learning_rate(state.opt_state),
+        # Checked by the loop before anything is saved (no host sync per step). The updated
+        # parameters are the same on every device, so each device's flag is the global one.
+        'finite': jnp.isfinite(loss) & _all_finite(new_state.params),
     }
     return new_state, step_metrics
 
@@ -205,22 +223,41 @@ def placement_for(config: ml_collections.ConfigDict, stats: input_pipeline.Stats
     return data_parallel(config, stats)
 
 
-def evaluate(placement: Placement, state: TrainState, config: ml_collections.ConfigDict) -> dict:
-    """Loss and top-1/top-5 error over the whole evaluation split, each image counted once."""
+def evaluate(
+    placement: Placement,
+    state: TrainState,
+    config: ml_collections.ConfigDict,
+    *,
+    stop: Callable[[], bool] = lambda: False,
+    progress: Callable[[int], None] = lambda done: None,
+) -> dict | None:
+    """Loss and top-1/top-5 error over the evaluation split, each image counted once.
+
+    ``config.eval_num_examples`` limits it to the split's first images (whole batches). Returns
+    None when ``stop()`` turns true between batches (a signal asked the run to stop).
+    """
     totals: dict[str, float] = {}
     batches = input_pipeline.create_eval_iter(config, local_device_count=placement.data_devices)
+    if config.eval_num_examples:
+        global_batch = config.eval_batch_size or config.batch_size
+        batches = itertools.islice(batches, -(-config.eval_num_examples // global_batch))
     for batch in parallel.prefetch(batches, 1, placement.place_batch):
+        if stop():
+            return None
         for key, value in jax.device_get(placement.eval_step(state, batch)).items():
             totals[key] = totals.get(key, 0.0) + float(value)
+        progress(int(totals['count']) * jax.process_count())
     count = totals.pop('count', 0.0)
     if count == 0:
         raise RuntimeError('The evaluation split yielded no examples.')
-    return {
+    result = {
         'eval_loss': totals['loss'] / count,
         'eval_top1_error': totals['top1_errors'] / count,
-        'eval_top5_error': totals['top5_errors'] / count,
         'eval_count': int(count),
     }
+    if 'top5_errors' in totals:
+        result['eval_top5_error'] = totals['top5_errors'] / count
+    return result
 
 
 def _maybe_update_plateau(state: TrainState, error: float, config) -> TrainState:
@@ -235,21 +272,56 @@ def _maybe_update_plateau(state: TrainState, error: float, config) -> TrainState
     return state.replace(plateau=plateau, opt_state=opt_state)
 
 
+class _Run(NamedTuple):
+    """What the loop needs besides the state: set up once by :func:`train_and_evaluate`."""
+
+    config: ml_collections.ConfigDict
+    total: int
+    placement: Placement
+    ckpt: checkpointing.Checkpointer
+    writer: metrics.Writer
+    progress: metrics.Progress
+    preemption: checkpointing.PreemptionWatcher
+    lock: workdir_lock.WorkdirLock | None
+    num_eval: int
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains (resuming from ``workdir`` if it holds a checkpoint), evaluates, writes results."""
+    """Trains (resuming from ``workdir`` if it holds a checkpoint), evaluates, writes results.
+
+    A run that already finished returns its results without training or evaluating again. A
+    run stopped by a signal returns ``{'step', 'stopped_by'}`` after saving a checkpoint.
+    """
     validate_config(config, workdir)
+    with workdir_lock.hold(workdir) as lock:
+        return _train_and_evaluate(config, workdir, lock)
+
+
+def _train_and_evaluate(config, workdir: str, lock) -> dict[str, Any]:
     info = input_pipeline.get_dataset_info(config)
-    stats = input_pipeline.load_stats(config)
     steps_per_epoch = optim.steps_per_epoch(config, info.num_train)
     total = optim.total_steps(config, steps_per_epoch)
-    model = models.create_model(config, dtype=compute_dtype(config)).clone(bn_axis_name=AXIS)
-    state = create_train_state(config, model, info.image_shape, steps_per_epoch)
     ckpt = checkpointing.Checkpointer(workdir, config)
-    state = ckpt.restore(state)
+    writer = None
+    try:
+        finished = _finished_results(ckpt, workdir, total)
+        if finished is not None:
+            log.info('Already finished at step %d: %s/results.json is unchanged.', total, workdir)
+            ckpt.close()
+            return finished
+        writer = metrics.Writer(workdir)
+        stats = input_pipeline.load_stats(config)
+        model = models.create_model(config, dtype=compute_dtype(config)).clone(bn_axis_name=AXIS)
+        state = create_train_state(config, model, info.image_shape, steps_per_epoch)
+        state = ckpt.restore(state)
+    except BaseException:
+        ckpt.close()
+        if writer is not None:
+            writer.close()
+        raise
     start = int(state.step)
     placement = placement_for(config, stats)
     state = placement.place_state(state)
-    writer = metrics.Writer(workdir)
     writer.write_config(config)
     log.info(
         '%s: %s parameters, %d steps of %d images (%d per epoch), from step %d.',
@@ -260,72 +332,177 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         steps_per_epoch,
         start,
     )
+    run = _Run(
+        config,
+        total,
+        placement,
+        ckpt,
+        writer,
+        metrics.Progress(config, start, total, steps_per_epoch, writer),
+        checkpointing.PreemptionWatcher(),
+        lock,
+        info.num_eval,
+    )
+    try:
+        return _loop(run, state, start)
+    finally:
+        try:
+            ckpt.close()  # lets a checkpoint being written finish, also after an error
+        finally:
+            run.preemption.close()
+            run.progress.close()
+            writer.close()
 
+
+def _finished_results(
+    ckpt: checkpointing.Checkpointer, workdir: str, total: int
+) -> dict[str, Any] | None:
+    """The results of a run that already reached ``total`` and wrote them; else None."""
+    steps = ckpt.steps()
+    if not steps or steps[-1] < total:
+        return None
+    ckpt.check_config(steps[-1])  # the same network, or one error saying what differs
+    results = metrics.read_results(workdir)
+    return results if results is not None and results.get('step') == steps[-1] else None
+
+
+def _loop(run: _Run, state: TrainState, start: int) -> dict[str, Any]:
+    """The steps, read as named steps: train, maybe evaluate, maybe save, maybe stop."""
+    config = run.config
     batches = parallel.prefetch(
         input_pipeline.create_train_iter(
-            config, local_device_count=placement.data_devices, start_step=start
+            config, local_device_count=run.placement.data_devices, start_step=start
         ),
         config.prefetch_batches,
-        placement.place_batch,
+        run.placement.place_batch,
     )
     rng = jax.random.key(config.seed + 1)
-    progress = metrics.Progress(start, total, steps_per_epoch, config.batch_size, writer)
-    preemption = checkpointing.PreemptionWatcher()
-    eval_result: dict[str, Any] = {}
+    if _evaluation_due(run, start) and run.ckpt.manager.metrics(start) is None:
+        # Stopped during this step's evaluation last time: do it now, as the run would have.
+        state, _ = _evaluate_and_adapt(run, state, start)
     step = start
-    try:
-        while step < total:
-            state, step_metrics = placement.train_step(state, next(batches), rng)
-            step += 1
-            progress.record(step, step_metrics)
-            if step % config.log_every_steps == 0 or step == total:
-                progress.flush(step)  # raises FloatingPointError on a NaN loss, naming the step
-            if step % config.eval_every_steps == 0 and step < total:
-                started = time.perf_counter()
-                eval_result = evaluate(placement, state, _center_crop(config))
-                writer.write_scalars(step, eval_result)
-                _log_eval(step, eval_result)
-                state = _maybe_update_plateau(state, eval_result['eval_top1_error'], config)
-                state = placement.place_state(state)  # new host values, same layout: no recompile
-                ckpt.save(step, state, eval_result)  # ranked for "keep the best"
-                progress.exclude(time.perf_counter() - started)
-            stop = preemption.reached(step)
-            if (step % config.checkpoint_every_steps == 0 and step < total) or stop:
-                ckpt.save(step, state)
-            if stop:
-                ckpt.wait()
-                log.warning(
-                    'Stopped by %s at step %d, checkpoint saved: rerun to resume.', stop, step
-                )
-                return {'step': step, 'stopped_by': stop}
-        eval_result = evaluate(placement, state, config)
-        writer.write_scalars(step, eval_result)
+    while step < run.total:
+        state, step_metrics = run.placement.train_step(state, next(batches), rng)
+        step += 1
+        run.progress.record(step, step_metrics)
+        run.ckpt.poll()  # a failed background write surfaces here, within a step
+        if run.lock is not None:
+            run.lock.heartbeat()
+        if run.progress.due(step):
+            _check_finite(run)
+            run.progress.flush(step)
+        eval_result = None
+        if _evaluation_due(run, step):
+            state, eval_result = _evaluate_and_adapt(run, state, step)
+        stop = run.preemption.reached(step)
+        if eval_result is not None or stop or step % config.checkpoint_every_steps == 0:
+            _save(run, step, state, eval_result)
+        if stop:
+            run.ckpt.wait()
+            log.warning('Stopped by %s at step %d, checkpoint saved: rerun to resume.', stop, step)
+            return {'step': step, 'stopped_by': stop}
+    return _finish(run, state, step)
+
+
+def _evaluation_due(run: _Run, step: int) -> bool:
+    """Periodic evaluations (centre crop) between the first step and the last."""
+    evaluates = run.config.eval_num_examples != 0 and run.num_eval > 0
+    return evaluates and 0 < step < run.total and step % run.config.eval_every_steps == 0
+
+
+def _evaluate_and_adapt(run: _Run, state: TrainState, step: int) -> tuple[TrainState, Any]:
+    """A centre-crop evaluation, and the plateau rule applied to it; None if interrupted."""
+    started = time.perf_counter()
+    config = _center_crop(run.config)
+    result = evaluate(
+        run.placement,
+        state,
+        config,
+        stop=run.preemption.requested,
+        progress=run.progress.eval_progress(_eval_size(run, config)),
+    )
+    if result is not None:
+        run.writer.write_scalars(step, result)
+        _log_eval(step, result)
+        state = _maybe_update_plateau(state, result['eval_top1_error'], run.config)
+        state = run.placement.place_state(state)  # new host values, same layout: no recompile
+    run.progress.exclude(time.perf_counter() - started)
+    return state, result
+
+
+def _eval_size(run: _Run, config: ml_collections.ConfigDict) -> int:
+    if not config.eval_num_examples:
+        return run.num_eval
+    global_batch = config.eval_batch_size or config.batch_size
+    return min(run.num_eval, -(-config.eval_num_examples // global_batch) * global_batch)
+
+
+def _check_finite(run: _Run) -> None:
+    """Stops the run at the first step whose loss or parameters are not finite."""
+    bad = run.progress.check_finite()
+    if bad is not None:
+        kept = run.ckpt.steps()
+        newest = f'step {kept[-1]}' if kept else 'none (the run starts afresh when rerun)'
+        raise FloatingPointError(
+            f'The training loss or parameters became NaN or infinite at step {bad}; nothing '
+            f'from that step on was saved. Newest checkpoint: {newest}. Lower '
+            f'config.learning_rate or check the data.'
+        )
+
+
+def _save(run: _Run, step: int, state: TrainState, eval_result: dict | None) -> None:
+    """A checkpoint of a state known to be finite; ranked by ``eval_result`` when given."""
+    started = time.perf_counter()
+    _check_finite(run)
+    run.ckpt.save(step, state, eval_result)
+    run.progress.exclude(time.perf_counter() - started)
+
+
+def _finish(run: _Run, state: TrainState, step: int) -> dict[str, Any]:
+    """The final evaluation (``config.eval_crops``), the last checkpoint and results.json."""
+    config = run.config
+    _check_finite(run)
+    if run.progress.pending:
+        run.progress.flush(step)
+    eval_result: dict[str, Any] = {}
+    if config.eval_num_examples != 0 and run.num_eval > 0:
+        result = evaluate(
+            run.placement,
+            state,
+            config,
+            stop=run.preemption.requested,
+            progress=run.progress.eval_progress(_eval_size(run, config)),
+        )
+        if result is None:  # a signal during the final evaluation: rerun evaluates again
+            run.ckpt.save(step, state)
+            run.ckpt.wait()
+            stop = run.preemption.reached(step)
+            log.warning('Stopped by %s during the final evaluation: rerun to finish.', stop)
+            return {'step': step, 'stopped_by': stop}
+        eval_result = result
+        run.writer.write_scalars(step, eval_result)
         _log_eval(step, eval_result)
-        ckpt.save(step, state, eval_result)
-        ckpt.wait()
-    finally:
-        ckpt.close()  # lets a checkpoint being written finish, also after an error
-        preemption.close()
-        progress.close()
+    run.ckpt.save(step, state, eval_result or None)
+    run.ckpt.wait()
     results = {
         'step': step,
         **eval_result,
-        'train_loss': progress.last.get('loss', float('nan')),
-        'images_per_sec': progress.images_per_sec(),
+        'train_loss': run.progress.last.get('loss'),
+        'images_per_sec': run.progress.images_per_sec(),
         'config': json.loads(config.to_json_best_effort()),
     }
-    writer.write_results(results)
-    writer.close()
-    return results
+    run.writer.write_results(results)
+    return metrics.json_safe(results)
 
 
 def _log_eval(step: int, result: dict[str, float]) -> None:
+    top5 = f', top-5 error {result["eval_top5_error"]:.4f}' if 'eval_top5_error' in result else ''
     log.info(
-        'eval at step %d (%d images): top-1 error %.4f, top-5 error %.4f, loss %.4f',
+        'eval at step %d (%d images): top-1 error %.4f%s, loss %.4f',
         step,
         result['eval_count'],
         result['eval_top1_error'],
-        result['eval_top5_error'],
+        top5,
         result['eval_loss'],
     )
 

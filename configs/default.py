@@ -63,7 +63,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 10_000
     c.checkpoint_every_steps = 5_000
     c.log_every_steps = 100
+    c.log_every_seconds = 60.0  # also a line when this long has passed (logs under schedulers)
     c.eval_crops = 10  # 1 (centre) | 10 (Section 4.1: four corners + centre, and mirrors)
+    # Images per evaluation: None = the whole split; N = its first N (rounded up to whole
+    # batches), for quick checks; 0 = no evaluation at all (throughput runs).
+    c.eval_num_examples = ml_collections.config_dict.placeholder(int)
     c.eval_batch_size = ml_collections.config_dict.placeholder(int)  # None: batch_size
     c.keep_checkpoints = 3
     c.prefetch_batches = 2

@@ -154,8 +154,86 @@ def test_eval_counts_every_example_once_with_a_ragged_last_batch(tmp_path):
     config = small_config(synthetic_num_eval=37, eval_batch_size=8 * jax.local_device_count())
     results = train.train_and_evaluate(config, str(tmp_path))
     assert results['eval_count'] == 37
-    assert 0.0 <= results['eval_top1_error'] <= results['eval_top5_error'] + 1.0
     assert results['eval_top5_error'] <= results['eval_top1_error']
+
+
+@pytest.mark.parametrize('num_classes', [3, 5, 10])
+def test_error_counts_equal_a_plain_numpy_ranking(num_classes):
+    rng = np.random.default_rng(num_classes)
+    logits = rng.normal(size=(64, num_classes)).astype(np.float32)
+    labels = rng.integers(0, num_classes, 64).astype(np.int32)
+    mask = (rng.random(64) < 0.8).astype(np.int32)
+    sums = jax.device_get(train._classification_sums(logits, labels, mask))
+    # The rank of the true class among the scores, counted by hand.
+    rank = (logits > logits[np.arange(64), labels][:, None]).sum(axis=1)
+    assert sums['count'] == mask.sum()
+    assert sums['top1_errors'] == ((rank >= 1) * mask).sum()
+    if num_classes > 5:
+        assert sums['top5_errors'] == ((rank >= 5) * mask).sum()
+    else:  # every label is in the top five: no top-5 error to report
+        assert 'top5_errors' not in sums
+
+
+def test_three_classes_train_and_report_top1_only(tmp_path):
+    results = train.train_and_evaluate(small_config(num_classes=3), str(tmp_path))
+    assert results['step'] == 6 and 0.0 <= results['eval_top1_error'] <= 1.0
+    assert 'eval_top5_error' not in results
+    rows = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+    assert not any('top5' in key for row in rows for key in row)
+
+
+def _strict_json(path):
+    def refuse(constant):
+        raise ValueError(f'{path} holds {constant}, which is not JSON')
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_rerunning_a_finished_run_changes_nothing(tmp_path):
+    config = small_config(num_train_steps=1, log_every_steps=100)  # one step: one log window
+    first = train.train_and_evaluate(config, str(tmp_path))
+    results = _strict_json(tmp_path / 'results.json')  # no NaN anywhere
+    assert results['train_loss'] is not None and results['images_per_sec'] is None
+    files = {p: p.read_bytes() for p in (tmp_path / 'metrics.jsonl', tmp_path / 'results.json')}
+    checkpoints = sorted(p.name for p in (tmp_path / 'checkpoints').iterdir())
+    again = train.train_and_evaluate(config, str(tmp_path))
+    assert again == first
+    assert {p: p.read_bytes() for p in files} == files
+    assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == checkpoints
+
+
+@pytest.mark.parametrize(('limit', 'count'), [(0, None), (20, 32), (None, 50)])
+def test_eval_num_examples_shortens_or_skips_evaluation(tmp_path, limit, count):
+    config = small_config(eval_num_examples=limit, eval_batch_size=16)
+    results = train.train_and_evaluate(config, str(tmp_path))
+    assert results['step'] == 6
+    assert results.get('eval_count') == count
+    rows = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+    evals = [row for row in rows if 'eval_count' in row]
+    assert len(evals) == (0 if limit == 0 else 2)  # at step 4 and at the end
+
+
+def test_lines_come_by_time_as_well_as_by_steps(tmp_path):
+    config = small_config(num_train_steps=6, log_every_steps=1000, log_every_seconds=1e-6)
+    train.train_and_evaluate(config, str(tmp_path))
+    rows = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+    assert [row['step'] for row in rows if 'train_loss' in row] == [1, 2, 3, 4, 5, 6]
+
+
+def test_the_best_checkpoint_is_known_after_a_restart(tmp_path):
+    from alexnet_jax import checkpointing
+
+    config = small_config(num_train_steps=8, eval_every_steps=1, keep_checkpoints=1)
+    train.train_and_evaluate(config, str(tmp_path))
+    rows = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+    errors = {row['step']: row['eval_top1_error'] for row in rows if 'eval_top1_error' in row}
+    best = min(errors, key=lambda step: (errors[step], -step))
+    fresh = checkpointing.Checkpointer(str(tmp_path), config)  # as `evaluate --best` reads it
+    try:
+        assert errors[fresh.best_step()] == errors[best]
+        assert fresh.best_step() in fresh.steps()  # retention kept it
+    finally:
+        fresh.close()
 
 
 def test_ten_crop_evaluation_averages_over_crops(tmp_path):
@@ -256,6 +334,32 @@ def test_cli_reports_a_diverged_loss_in_one_line(tmp_path):
         '--config.num_train_steps=20',
         '--config.log_every_steps=1',
     )
-    assert proc.returncode != 0
-    assert 'error: The training loss became' in proc.stderr
+    assert proc.returncode == 1
+    assert 'error: The training loss or parameters became NaN or infinite' in proc.stderr
     assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ('args', 'message'),
+    [
+        (['--config=configs/nope.py'], 'error: --config configs/nope.py: no such file'),
+        (
+            ['--config=configs/fashion_mnist.py', '--config.lerning_rate=1'],
+            'error: --config: \'lerning_rate\' Did you mean "learning_rate"',
+        ),
+    ],
+)
+def test_cli_names_a_bad_config_file_or_field_in_one_line(tmp_path, args, message):
+    cmd = [sys.executable, '-m', 'alexnet_jax.main', f'--workdir={tmp_path}', *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line
+    assert proc.stderr.startswith(message), proc.stderr
+
+
+def test_the_command_line_module_imports_without_jax():
+    """`--help` and flag errors answer at once: JAX and TensorFlow load only to train."""
+    code = 'import sys, alexnet_jax.main; print(sorted({"jax", "tensorflow"} & set(sys.modules)))'
+    proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == '[]'
