@@ -200,12 +200,24 @@ def main(argv) -> None:
     print(f'PCA eigenvalues {stats.pca_eigval}')
 
 
-if __name__ == '__main__':
-    from absl import app, flags
+def _define_flags() -> None:
+    """The command's flags, defined when it runs (a library import must not claim `--config`)."""
+    from absl import flags
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).')
     flags.DEFINE_string('out', None, 'Output file, .npz or .json.')
     flags.DEFINE_integer('max_images', 0, 'Use only the first N training images (0: all).')
     flags.mark_flags_as_required(['config', 'out'])
+
+
+def run() -> None:
+    """The console script's entry point."""
+    from absl import app
+
+    _define_flags()
     app.run(main)
+
+
+if __name__ == '__main__':
+    run()

@@ -53,5 +53,10 @@ def main(argv: list[str]) -> None:
     logging.info('Evaluation written.')
 
 
-if __name__ == '__main__':
+def run() -> None:
+    """The console script's entry point."""
     app.run(main)
+
+
+if __name__ == '__main__':
+    run()

@@ -82,5 +82,10 @@ def main(argv: list[str]) -> None:
             print(f'  {probs[index]:7.2%}  {name}')
 
 
-if __name__ == '__main__':
+def run() -> None:
+    """The console script's entry point."""
     app.run(main)
+
+
+if __name__ == '__main__':
+    run()
