@@ -16,12 +16,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
+import hashlib
 import importlib
 import importlib.resources
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -240,100 +241,223 @@ def tfds_source(config, split: str, process_index: int, process_count: int, *, t
 # --- imagefolder: root/{train,val,test}/class_name/image.jpg ---
 
 
+class ImageFolderError(ValueError):
+    """An image folder that cannot be used as it is; the message names the path and the fix."""
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    """Sub-folders, sorted, without hidden ones (.ipynb_checkpoints, .DS_Store folders, ...)."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith('.'))
+
+
+def _is_image_file(f: Path) -> bool:
+    """An image by its extension, and not hidden (macOS's ._name.jpg companions are not)."""
+    return f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith('.') and f.is_file()
+
+
+def _image_files(class_dir: Path) -> list[Path]:
+    return sorted(f for f in class_dir.iterdir() if _is_image_file(f))
+
+
+def _require_root(root: str | None) -> None:
+    if not root:
+        raise ImageFolderError(
+            'dataset=imagefolder needs config.dataset_path (the folder root): '
+            '--config.dataset_path=DIR with DIR/train/<class_name>/<image>.jpg.'
+        )
+
+
 def image_folder_classes(root: str) -> list[str]:
+    """The class names: the sub-folders of `root/train`, sorted (hidden folders are not classes)."""
+    _require_root(root)
     train = Path(root) / 'train'
     if not train.is_dir():
         raise FileNotFoundError(
             f'imagefolder: {train} does not exist. Lay the images out as '
             f'{root}/train/<class_name>/<image>.jpg (and optionally val/ or test/).'
         )
-    classes = sorted(p.name for p in train.iterdir() if p.is_dir())
-    if not classes:
-        raise ValueError(f'imagefolder: no class folders in {train}.')
-    return classes
+    folders = _visible_dirs(train)
+    if not folders:
+        raise ImageFolderError(
+            f"imagefolder: no class folders in {train}. Put each class's images in a folder of "
+            f'its own: {train}/<class_name>/<image>.jpg.'
+        )
+    for folder in folders:  # an empty one would be a class the model can never learn
+        if not any(_is_image_file(f) for f in folder.iterdir()):
+            raise ImageFolderError(
+                f'imagefolder: class folder {folder} has no images ({"/".join(IMAGE_EXTENSIONS)}).'
+                f' Every folder under {train} is a class: add its images, or remove the folder.'
+            )
+    return [folder.name for folder in folders]
 
 
 def image_folder_eval_split(root: str) -> str | None:
+    """The first of val/, validation/ and test/ that `root` has, or None."""
+    _require_root(root)
     for name in ('val', 'validation', 'test'):
         if (Path(root) / name).is_dir():
             return name
     return None
 
 
-def _image_format(path: Path) -> str | None:
-    """PIL's name for the file's format, or None if unreadable (header parse only: cheap)."""
+def _list_split(root: str, split: str) -> list[tuple[int, Path]]:
+    """(label, file) of every image file of `root/split` by extension, in sorted order."""
+    index = {c: i for i, c in enumerate(image_folder_classes(root))}
+    folder = Path(root) / split
+    files = []
+    for class_dir in _visible_dirs(folder):
+        if class_dir.name not in index:
+            raise ImageFolderError(
+                f'imagefolder: class {class_dir.name!r} in {folder} has no folder in {root}/train.'
+            )
+        files += [(index[class_dir.name], f) for f in _image_files(class_dir)]
+    return files
+
+
+def image_folder_fingerprint(root: str, split: str) -> str:
+    """A hash of `root/split`'s image files: class, name, size and modification time of each.
+
+    Adding, removing, renaming or rewriting an image changes it; reading costs one stat a file.
+    """
+    digest = hashlib.sha1(os.path.abspath(root).encode())
+    for label, f in _list_split(root, split):
+        st = f.stat()
+        digest.update(
+            f'{label}\0{f.parent.name}/{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode()
+        )
+    return digest.hexdigest()
+
+
+def _image_header(path: Path) -> tuple[str, tuple[int, int]] | None:
+    """PIL's format name and the (height, width) of the file, or None if unreadable.
+
+    Reads the header and checks the structure (`verify`) without decoding the pixels: cheap.
+    """
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            fmt = im.format
+            fmt, (w, h) = im.format, im.size
             im.verify()
-        return fmt
+        return fmt, (h, w)
     except Exception:  # noqa: BLE001 - PIL raises many types for bad files
         return None
 
 
+@dataclasses.dataclass(frozen=True)
+class FolderSplit:
+    """The readable images of one split of an image folder, sorted by class then name."""
+
+    paths: tuple[str, ...]
+    labels: tuple[int, ...]
+    num_skipped: int  # unreadable files skipped (skip_corrupt_images=True)
+    jpeg: bool  # every image is a JPEG
+    sizes: frozenset[tuple[int, int]]  # the (height, width) of the images
+
+
+def scan_image_folder(root: str, split: str, skip_corrupt: bool) -> FolderSplit:
+    """`root/split`'s images, each file's header checked; memoised on the files' fingerprint.
+
+    The memo is keyed on :func:`image_folder_fingerprint`, so images added, removed or rewritten
+    since are seen within the same process too.
+    """
+    return _scan(root, split, skip_corrupt, image_folder_fingerprint(root, split))
+
+
 @functools.lru_cache(maxsize=16)
-def scan_image_folder(
-    root: str, split: str, skip_corrupt: bool
-) -> tuple[list[str], list[int], int]:
-    """Lists (paths, labels, num_skipped) of `root/split`, sorted; checks every file's header."""
-    classes = image_folder_classes(root)
-    index = {c: i for i, c in enumerate(classes)}
-    folder = Path(root) / split
-    paths, labels, skipped, formats = [], [], 0, set()
-    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-        if class_dir.name not in index:
-            raise ValueError(
-                f'imagefolder: class {class_dir.name!r} in {folder} has no folder in {root}/train.'
-            )
-        for f in sorted(class_dir.iterdir()):
-            if f.suffix.lower() not in IMAGE_EXTENSIONS:
+def _scan(root: str, split: str, skip_corrupt: bool, fingerprint: str) -> FolderSplit:
+    del fingerprint  # the memo key only
+    paths, labels, skipped, formats, sizes = [], [], 0, set(), set()
+    kept_per_class: dict[int, int] = {}
+    for label, f in _list_split(root, split):
+        header = _image_header(f)
+        kept_per_class.setdefault(label, 0)
+        if header is None:
+            if skip_corrupt:
+                skipped += 1
                 continue
-            fmt = _image_format(f)
-            if fmt is None:
-                if skip_corrupt:
-                    skipped += 1
-                    continue
-                raise ValueError(
-                    f'imagefolder: corrupt or unreadable image {f}. Remove it, or set '
-                    'config.skip_corrupt_images=True to skip (and count) such files.'
-                )
-            paths.append(str(f))
-            labels.append(index[class_dir.name])
-            formats.add(fmt)
+            raise ImageFolderError(
+                f'imagefolder: corrupt or unreadable image {f}. Remove it, or set '
+                'config.skip_corrupt_images=True to skip (and count) such files.'
+            )
+        paths.append(str(f))
+        labels.append(label)
+        formats.add(header[0])
+        sizes.add(header[1])
+        kept_per_class[label] += 1
+    folder = Path(root) / split
     if not paths:
-        raise ValueError(
+        raise ImageFolderError(
             f'imagefolder: no images ({"/".join(IMAGE_EXTENSIONS)}) under {folder}/<class>/.'
         )
+    if split == 'train':
+        classes = image_folder_classes(root)
+        for label, kept in kept_per_class.items():
+            if not kept:
+                raise ImageFolderError(
+                    f'imagefolder: every image in {folder / classes[label]} is unreadable (all '
+                    'skipped as corrupt). Replace them, or remove the folder.'
+                )
     if skipped:
         log.warning('imagefolder: skipped %d corrupt images under %s', skipped, folder)
-    return paths, labels, skipped, formats == {'JPEG'}
+    return FolderSplit(tuple(paths), tuple(labels), skipped, formats == {'JPEG'}, frozenset(sizes))
+
+
+def image_folder_size(root: str, skip_corrupt: bool) -> tuple[int, int] | None:
+    """The (height, width) every image of the train and eval splits has, or None if they vary."""
+    sizes = set(scan_image_folder(root, 'train', skip_corrupt).sizes)
+    split = image_folder_eval_split(root)
+    if split:
+        sizes |= scan_image_folder(root, split, skip_corrupt).sizes
+    return next(iter(sizes)) if len(sizes) == 1 else None
+
+
+def image_folder_size_problem(root: str, skip_corrupt: bool) -> str:
+    """Why the folder has no one image size, in words (for the crop_padding > 0 error)."""
+    by_split = {}
+    for split in ('train', image_folder_eval_split(root)):
+        if split:
+            by_split[split] = scan_image_folder(root, split, skip_corrupt).sizes
+    sizes = sorted(set().union(*by_split.values()))
+    shown = ', '.join(f'{h}x{w}' for h, w in sizes[:3]) + (', ...' if len(sizes) > 3 else '')
+    where = ' and '.join(f'{s}/' for s in by_split)
+    return f'the images under {root} ({where}) have {len(sizes)} sizes (HxW: {shown})'
 
 
 def image_folder_source(
     config, split: str, process_index: int, process_count: int, *, train: bool
 ) -> Source:
-    paths, labels, skipped, jpeg = scan_image_folder(
-        config.dataset_path, split, bool(config.skip_corrupt_images)
-    )
-    n = len(paths)
+    skip = bool(config.skip_corrupt_images)
+    scan = scan_image_folder(config.dataset_path, split, skip)
+    n = len(scan.paths)
     if train:  # equal, disjoint shards (the tail that does not divide is dropped)
         per = n // process_count
         lo, hi = process_index * per, (process_index + 1) * per
     else:  # every example exactly once over all hosts
         lo, hi = n * process_index // process_count, n * (process_index + 1) // process_count
-    paths_t = tf.constant(paths[lo:hi])
-    labels_t = tf.constant(labels[lo:hi], tf.int32)
+    paths_t = tf.constant(scan.paths[lo:hi])
+    labels_t = tf.constant(scan.labels[lo:hi], tf.int32)
 
     def lookup(i):
         return {'image': tf.io.read_file(tf.gather(paths_t, i)), 'label': tf.gather(labels_t, i)}
 
-    return Source(hi - lo, True, 3, lookup=lookup, num_skipped=skipped, jpeg=jpeg)
+    return Source(
+        hi - lo,
+        True,
+        3,
+        lookup=lookup,
+        num_skipped=scan.num_skipped,
+        jpeg=scan.jpeg,
+        image_hw=image_folder_size(config.dataset_path, skip),
+    )
 
 
-def find_corrupt_image(paths: list[str]) -> str | None:
-    """The first file that PIL cannot fully decode (used to name the culprit of a decode error)."""
+def find_corrupt_image(paths: Sequence[str]) -> str | None:
+    """The first file that cannot be decoded in full: by PIL, then by TensorFlow's decoder.
+
+    For naming the culprit of a decode error the pipeline met (at error time only: it decodes
+    every file).
+    """
     from PIL import Image
 
     for p in paths:
@@ -342,7 +466,25 @@ def find_corrupt_image(paths: list[str]) -> str | None:
                 im.load()
         except Exception:  # noqa: BLE001
             return p
+    for p in paths:  # PIL read them all: the file TensorFlow rejects
+        try:
+            tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False)
+        except tf.errors.OpError:
+            return p
     return None
+
+
+def corrupt_image_error(
+    config, error: tf.errors.OpError, candidates: Sequence[str]
+) -> ImageFolderError:
+    """One error naming the file among `candidates` that `error` (a decode failure) came from."""
+    bad = find_corrupt_image(candidates)
+    first = (getattr(error, 'message', '') or str(error)).splitlines()[0]
+    first = first.split(' [Op:')[0].strip()
+    return ImageFolderError(
+        f'imagefolder: cannot decode image {bad or "(unknown)"} under {config.dataset_path} '
+        f'({first}). Remove it, or set config.skip_corrupt_images=True to skip such files.'
+    )
 
 
 # --- synthetic: uint8 noise made on the host, for throughput and loop tests without I/O ---

@@ -237,6 +237,7 @@ def _maybe_update_plateau(state: TrainState, error: float, config) -> TrainState
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains (resuming from ``workdir`` if it holds a checkpoint), evaluates, writes results."""
+    config = input_pipeline.complete_config(config)  # e.g. imagefolder: num_classes from folders
     validate_config(config, workdir)
     info = input_pipeline.get_dataset_info(config)
     stats = input_pipeline.load_stats(config)
