@@ -13,12 +13,14 @@ pipelines. Two kinds of source exist:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gzip
 import hashlib
 import importlib
 import importlib.resources
+import io
 import logging
 import os
 import sys
@@ -48,6 +50,7 @@ FASHION_MNIST_FILES = {
 FASHION_MNIST_DEBIAN_DIR = '/usr/share/datasets/fashion-mnist'
 FASHION_MNIST_APT = 'apt-get install dataset-fashion-mnist'
 CIFAR10_ARCHIVE = 'cifar-10-binary.tar.gz'
+CIFAR10_URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz'
 IN_MEMORY = ('fashion_mnist', 'cifar10')  # small: decoded once and kept in host memory
 EVAL_SPLITS = {'imagenet2012': 'validation', 'fashion_mnist': 'test', 'cifar10': 'test'}
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
@@ -134,27 +137,73 @@ def prepare_fashion_mnist(data_dir: str, idx_dir: str | None = None) -> tfds.cor
     Order: already prepared -> nothing to do; IDX files in `idx_dir` (or Debian's folder) ->
     build from them offline; otherwise tfds's own download.
     """
-    builder = tfds.builder('fashion_mnist', data_dir=data_dir)
-    if builder.is_prepared():
-        return builder
-    folder = Path(idx_dir or FASHION_MNIST_DEBIAN_DIR)
-    names = [n for pair in FASHION_MNIST_FILES.values() for n in pair]
-    if all((folder / n).exists() for n in names):
-        log.info('Building tfds fashion_mnist in %s from %s', data_dir, folder)
-        _build_fashion_mnist_from_idx(data_dir, folder)
-    else:
-        try:
-            builder.download_and_prepare()
-        except Exception as e:  # noqa: BLE001 - any download failure gets the same advice
-            raise FileNotFoundError(
-                f'Fashion-MNIST: no IDX files ({", ".join(names)}) in {folder} and the download '
-                f'failed ({type(e).__name__}). Run `{FASHION_MNIST_APT}` or set '
-                'config.dataset_path to a folder with those files.'
-            ) from None
-    return tfds.builder('fashion_mnist', data_dir=data_dir)
+    with quiet_tfds():  # also tfds's warnings about the variant folder it has not made yet
+        builder = tfds.builder('fashion_mnist', data_dir=data_dir)
+        if builder.is_prepared():
+            return builder
+        folder = Path(idx_dir or FASHION_MNIST_DEBIAN_DIR)
+        names = [n for pair in FASHION_MNIST_FILES.values() for n in pair]
+        if all((folder / n).exists() for n in names):
+            log.info(
+                'Preparing Fashion-MNIST once: tfds files in %s from %s (later runs reuse them).',
+                data_dir,
+                folder,
+            )
+            _build_fashion_mnist_from_idx(data_dir, folder)
+        else:
+            log.info('Preparing Fashion-MNIST once: downloading it with tfds into %s.', data_dir)
+            try:
+                builder.download_and_prepare()
+            except Exception as e:  # noqa: BLE001 - any download failure gets the same advice
+                raise FileNotFoundError(
+                    f'Fashion-MNIST: no IDX files ({", ".join(names)}) in {folder} and the '
+                    f'download failed ({type(e).__name__}). Run `{FASHION_MNIST_APT}` or set '
+                    'config.dataset_path to a folder with those files.'
+                ) from None
+        return tfds.builder('fashion_mnist', data_dir=data_dir)
+
+
+@contextlib.contextmanager
+def quiet_tfds() -> Iterator[None]:
+    """While tfds prepares a dataset for us: no progress bars, no 'Downloading and preparing'
+    prints on stdout, and absl's log lines (tfds's) at ERROR only. Restored afterwards."""
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    bars = getattr(tqdm_utils, '_active', True)
+    absl_logger = logging.getLogger('absl')
+    level = absl_logger.level
+    tfds.display_progress_bar(False)
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        absl_logger.setLevel(level)
+        tfds.display_progress_bar(bars)
 
 
 # --- tfds builders per dataset ---
+
+
+def prepare_cifar10(builder: tfds.core.DatasetBuilder, data_dir: str, folder: str | None) -> None:
+    """Prepares tfds's `cifar10` from the binary archive in `folder` (default: tfds's manual dir).
+
+    Never downloads: without the archive on disk it fails at once, naming the file, where to put
+    it and where to get it (offline, tfds's download would retry its host for minutes).
+    """
+    manual = Path(folder or os.path.join(data_dir, 'downloads', 'manual'))
+    if not (manual / CIFAR10_ARCHIVE).exists():
+        where = 'config.dataset_path=' + str(folder) if folder else f'the tfds manual dir {manual}'
+        raise FileNotFoundError(
+            f'CIFAR-10: {CIFAR10_ARCHIVE} not found in {where}, and cifar10 is not prepared in '
+            f'{data_dir}. Put the official binary archive ({CIFAR10_URL}) in a folder and pass it '
+            'as --config.dataset_path=FOLDER.'
+        )
+    log.info('Preparing CIFAR-10 once: tfds files in %s from %s.', data_dir, manual)
+    with quiet_tfds():
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
+        )
 
 
 def get_builder(config) -> tfds.core.DatasetBuilder:
@@ -165,15 +214,7 @@ def get_builder(config) -> tfds.core.DatasetBuilder:
     if config.dataset == 'cifar10':
         builder = tfds.builder('cifar10', data_dir=data_dir)
         if not builder.is_prepared():
-            dl = None
-            if config.dataset_path:
-                if not (Path(config.dataset_path) / CIFAR10_ARCHIVE).exists():
-                    raise FileNotFoundError(
-                        f'CIFAR-10: {CIFAR10_ARCHIVE} not found in config.dataset_path='
-                        f'{config.dataset_path}. Put the official binary archive there.'
-                    )
-                dl = tfds.download.DownloadConfig(manual_dir=config.dataset_path)
-            builder.download_and_prepare(download_config=dl)
+            prepare_cifar10(builder, data_dir, config.dataset_path)
         return builder
     if config.dataset == 'imagenet2012':
         builder = tfds.builder('imagenet2012', data_dir=data_dir, try_gcs=False)

@@ -5,6 +5,7 @@ References are numpy (padding and slicing the PNGs' pixels, which PIL wrote) and
 statistics pass over a copy of the folder without the changed files.
 """
 
+import gzip
 import logging
 import os
 import shutil
@@ -237,3 +238,65 @@ def test_a_truncated_jpeg_in_the_statistics_is_named_with_the_fix(tmp_path):
     reference, ref_count = dataset_stats.compute_stats(config)
     assert ref_count == 8
     np.testing.assert_allclose(stats.mean_image, reference.mean_image, rtol=1e-6)
+
+
+# --- tfds datasets: offline CIFAR-10, quiet Fashion-MNIST preparation ---
+
+
+def _no_download(monkeypatch):
+    import tensorflow_datasets as tfds
+
+    calls = []
+
+    def recorded(self, *args, **kwargs):
+        calls.append(kwargs.get('download_config'))
+        raise ConnectionError('the test has no network')
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', recorded)
+    return calls
+
+
+def test_cifar10_without_the_archive_fails_at_once_without_downloading(tmp_path, monkeypatch):
+    calls = _no_download(monkeypatch)
+    config = default.get_config()
+    config.dataset, config.num_classes, config.data_dir = 'cifar10', 10, str(tmp_path / 'tfds')
+    with pytest.raises(FileNotFoundError) as error:
+        input_pipeline.get_dataset_info(config)
+    assert calls == []  # tfds's download (minutes of retries offline) was never started
+    manual = tmp_path / 'tfds' / 'downloads' / 'manual'
+    for part in ('cifar-10-binary.tar.gz', str(manual), '--config.dataset_path='):
+        assert part in str(error.value)
+    # With the archive in config.dataset_path, tfds prepares from that folder.
+    (tmp_path / 'cifar-10-binary.tar.gz').write_bytes(b'stand-in')
+    config.dataset_path = str(tmp_path)
+    with pytest.raises(ConnectionError):
+        input_pipeline.get_dataset_info(config)
+    assert [str(c.manual_dir) for c in calls] == [str(tmp_path)]
+
+
+def _write_idx(path, array):
+    header = bytes([0, 0, 8, array.ndim]) + b''.join(d.to_bytes(4, 'big') for d in array.shape)
+    with gzip.open(path, 'wb') as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_preparation_is_quiet_and_says_so_once(tmp_path, capfd, caplog):
+    idx = tmp_path / 'idx'
+    idx.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in (('train', 12), ('test', 6)):
+        images_name, labels_name = datasets.FASHION_MNIST_FILES[split]
+        _write_idx(idx / images_name, rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(idx / labels_name, rng.integers(0, 10, (n,)))
+    data_dir = str(tmp_path / 'tfds')
+    with caplog.at_level(logging.INFO, logger='alexnet_jax'):
+        builder = datasets.prepare_fashion_mnist(data_dir, str(idx))
+    assert builder.info.splits['train'].num_examples == 12
+    out, err = capfd.readouterr()
+    assert 'Downloading and preparing' not in out and 'prepared' not in out, out
+    assert 'examples' not in err and 'Variant folder' not in err, err
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and messages[0].startswith('Preparing Fashion-MNIST once')
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    assert tqdm_utils._active  # the progress bars are back on for everyone else
