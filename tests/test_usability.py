@@ -1,12 +1,14 @@
 """Everyday use: the package metadata agrees with requirements.txt, every console script imports,
 and config_help documents every field from configs/default.py's own comments."""
 
+import json
 import os
 import re
 import subprocess
 import sys
 import tomllib
 
+import numpy as np
 import pytest
 from packaging.requirements import Requirement
 
@@ -188,3 +190,103 @@ def test_config_help_command_prints_every_field(config_file):
             assert note.endswith(f'[default: {defaults[name]!r}]')
     if config_file:
         assert lines['dataset'][0] == "'fashion_mnist'" and lines['batch_size'][0] == '64'
+
+
+# --- evaluate and predict on a trained run ---
+
+
+@pytest.fixture(scope='module')
+def trained_run(tmp_path_factory):
+    from alexnet_jax import train
+    from tests.test_train import small_config
+
+    workdir = tmp_path_factory.mktemp('run')
+    config = small_config(num_train_steps=2, checkpoint_every_steps=100, eval_every_steps=100)
+    train.train_and_evaluate(config, str(workdir))
+    return workdir, config
+
+
+def _command(name, *args):
+    return subprocess.run(
+        [sys.executable, '-m', name, *map(str, args)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_evaluate_prints_its_result_and_no_library_logs(trained_run):
+    workdir, _ = trained_run
+    proc = _command('alexnet_jax.evaluate', f'--workdir={workdir}', '--crops=1')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith('step 2, 1 crop(s), 50 images: top-1 error ')
+    assert len(proc.stdout.splitlines()) == 1
+    # absl's INFO lines start 'I1202 17:20:16...'; Python's default format 'INFO:'.
+    info = [line for line in proc.stderr.splitlines() if re.match(r'I\d{4} |INFO', line)]
+    assert info == [] and proc.stderr.strip() == '', proc.stderr[:2000]
+
+
+def test_restored_state_equals_the_checkpoint_read_directly(trained_run):
+    import jax
+    import numpy as np
+    import orbax.checkpoint as ocp
+    from flax import serialization
+
+    from alexnet_jax import train
+
+    workdir, config = trained_run
+    state = train.load_trained_state(config, str(workdir))
+    assert int(state.step) == 2
+    # A second path: orbax's own restore without any target, as stored.
+    raw = ocp.StandardCheckpointer().restore(workdir / 'checkpoints' / '2' / 'state')
+    restored = serialization.to_state_dict(state)
+    leaves = jax.tree_util.tree_leaves_with_path(restored)
+    raw_leaves = dict(jax.tree_util.tree_leaves_with_path(raw))
+    assert len(leaves) == len(raw_leaves)
+    for path, leaf in leaves:
+        np.testing.assert_array_equal(np.asarray(leaf), np.asarray(raw_leaves[path]))
+    assert any(np.asarray(leaf).any() for _, leaf in leaves)  # not the zero template
+
+
+def test_predict_reads_folders_and_prints_json(trained_run, tmp_path):
+    from PIL import Image
+
+    workdir, _ = trained_run
+    folder = tmp_path / 'photos'
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ('b.png', 'a.jpg', 'C.PNG'):
+        Image.fromarray(rng.integers(0, 255, (40, 30, 3), np.uint8)).save(folder / name)
+    (folder / 'notes.txt').write_text('not an image')
+    (folder / 'sub').mkdir()
+    proc = _command('alexnet_jax.predict', f'--workdir={workdir}', '--json', '--top=3', folder)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.strip() == '', proc.stderr[:2000]
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r['path'] for r in records] == [str(folder / n) for n in ('C.PNG', 'a.jpg', 'b.png')]
+    for record in records:
+        probs = [entry['prob'] for entry in record['top']]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1
+        assert all(entry['name'] == f'class_{entry["class"]}' for entry in record['top'])
+    # The text output of the same file agrees with the JSON.
+    proc = _command('alexnet_jax.predict', f'--workdir={workdir}', '--top=3', folder / 'a.jpg')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == str(folder / 'a.jpg')
+    text = [(line.split()[1], float(line.split()[0].rstrip('%'))) for line in lines[1:]]
+    expected = [(e['name'], round(100 * e['prob'], 2)) for e in records[1]['top']]
+    assert text == expected
+
+
+def test_predict_names_a_missing_path_or_an_empty_folder(trained_run, tmp_path):
+    workdir, _ = trained_run
+    missing = tmp_path / 'nope.jpg'
+    proc = _command('alexnet_jax.predict', f'--workdir={workdir}', missing)
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == f'error: {missing} does not exist: name image files or ' + (
+        'folders of them.'
+    )
+    proc = _command('alexnet_jax.predict', f'--workdir={workdir}', tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().startswith(f'error: {tmp_path} is a folder without image files')
