@@ -13,6 +13,7 @@ image size first. Class names are the dataset's own (ImageNet's 1000 synsets' na
 """
 
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -145,6 +146,9 @@ def main(argv: list[str]) -> None:
                     print(f'  {probs[i]:7.2%}  {name}')
     except ValueError as error:  # an unreadable image among a folder's files
         sys.exit(f'error: {error}')
+    except BrokenPipeError:  # `predict FOLDER | head`: the reader has gone, so stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 def run() -> None:

@@ -290,3 +290,28 @@ def test_predict_names_a_missing_path_or_an_empty_folder(trained_run, tmp_path):
     proc = _command('alexnet_jax.predict', f'--workdir={workdir}', tmp_path)
     assert proc.returncode != 0
     assert proc.stderr.strip().startswith(f'error: {tmp_path} is a folder without image files')
+
+
+def test_quiet_libraries_sets_the_libraries_to_warning_only():
+    import logging
+
+    from absl import logging as absl_logging
+
+    from alexnet_jax import cli
+
+    names = ('jax._src.xla_bridge', 'orbax.checkpoint', 'tensorflow_datasets.core', 'absl')
+    saved = {n: logging.getLogger(n).level for n in (*cli.LIBRARY_LOGGERS, 'alexnet_jax')}
+    verbosity = absl_logging.get_verbosity()
+    ours = logging.getLogger('alexnet_jax')
+    ours.setLevel(logging.INFO)
+    try:
+        for name in names:
+            logging.getLogger(name.split('.')[0]).setLevel(logging.DEBUG)
+        cli.quiet_libraries()
+        for name in names:
+            assert logging.getLogger(name).getEffectiveLevel() == logging.WARNING, name
+        assert ours.level == logging.INFO  # ours stays as the command set it
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+        absl_logging.set_verbosity(verbosity)
