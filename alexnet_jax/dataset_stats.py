@@ -15,6 +15,8 @@ import hashlib
 import json
 import logging
 import os
+import sys
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -76,11 +78,37 @@ def read_stats(path: str) -> Stats:
     return Stats(*(np.asarray(raw[k], np.float32) for k in Stats._fields))
 
 
+_BATCH = 64
+
+
+def _decoded_batches(ds: tf.data.Dataset, config) -> Iterator[np.ndarray]:
+    """Iterates `ds` (batches of base images, in file order); an image folder's file that fails
+    to decode becomes one error naming it (the batch it broke narrows the search)."""
+    it = ds.as_numpy_iterator()
+    done = 0
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except tf.errors.InvalidArgumentError as error:
+            if config.dataset != 'imagefolder':
+                raise
+            paths = datasets.scan_image_folder(
+                config.dataset_path, 'train', bool(config.skip_corrupt_images)
+            ).paths
+            candidates = paths[done : done + _BATCH]
+            raise datasets.corrupt_image_error(config, error, candidates) from None
+        done += len(batch)
+        yield batch
+
+
 def compute_stats(config, max_images: int | None = None) -> tuple[Stats, int]:
     """Statistics over the training split (or its first `max_images`); returns (stats, count)."""
     from alexnet_jax import input_pipeline  # the pipeline's sources; imported late (cycle)
 
     source = input_pipeline._source(config, train=True)
+    input_pipeline._base_hw(config, source)  # crop_padding > 0: one clear error for mixed sizes
     if source.lookup is not None:
         ds = tf.data.Dataset.range(source.num_examples).map(source.lookup)
     else:
@@ -95,7 +123,7 @@ def compute_stats(config, max_images: int | None = None) -> tuple[Stats, int]:
         ds = ds.ignore_errors()
     p = config.crop_padding
     image_sum, moments, pixels, count = None, None, 0, 0
-    for batch in ds.batch(64).prefetch(2).as_numpy_iterator():
+    for batch in _decoded_batches(ds.batch(_BATCH).prefetch(2), config):
         b = batch.astype(np.float64)
         image_sum = b.sum(0) if image_sum is None else image_sum + b.sum(0)
         inner = b[:, p : b.shape[1] - p, p : b.shape[2] - p] if p > 0 else b
@@ -122,10 +150,13 @@ def compute_stats(config, max_images: int | None = None) -> tuple[Stats, int]:
 
 
 def _cache_path(config) -> str:
+    """The cache file for `config`'s statistics. For an image folder the name holds a hash of
+    its training images' names, sizes and modification times, so a changed folder is recomputed.
+    """
     key = f'{config.dataset}-r{config.resize_size}-p{config.crop_padding}'
     if config.dataset == 'imagefolder':
-        root = os.path.abspath(config.dataset_path)
-        key += '-' + hashlib.sha1(f'{root}:{config.skip_corrupt_images}'.encode()).hexdigest()[:12]
+        files = datasets.image_folder_fingerprint(config.dataset_path, 'train')
+        key += '-' + hashlib.sha1(f'{files}:{config.skip_corrupt_images}'.encode()).hexdigest()[:16]
     return os.path.join(datasets.tfds_data_dir(config), 'alexnet_jax_stats', key + '.npz')
 
 
@@ -187,25 +218,44 @@ def load_stats(config) -> Stats:
     return stats
 
 
-def main(argv) -> None:
-    del argv
-    from absl import flags
+def main(argv: list[str]) -> None:
+    from absl import app, flags
 
+    from alexnet_jax import cli
+
+    if len(argv) > 1:
+        raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+    cli.quiet_libraries()
     flags_ = flags.FLAGS
     config = flags_.config
-    stats, count = compute_stats(config, flags_.max_images or None)
+    try:
+        stats, count = compute_stats(config, flags_.max_images or None)
+    except (FileNotFoundError, ValueError) as error:
+        sys.exit(f'error: {error}')
     save_stats(stats, flags_.out, num_images=count, dataset=config.dataset)
     print(f'{config.dataset}: statistics of {count} training images written to {flags_.out}')
     print(f'channel mean {stats.channel_mean}, std {stats.channel_std}')
     print(f'PCA eigenvalues {stats.pca_eigval}')
 
 
-if __name__ == '__main__':
-    from absl import app, flags
+def _define_flags() -> None:
+    """The command's flags, defined when it runs (a library import must not claim `--config`)."""
+    from absl import flags
     from ml_collections import config_flags
 
     config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).')
     flags.DEFINE_string('out', None, 'Output file, .npz or .json.')
     flags.DEFINE_integer('max_images', 0, 'Use only the first N training images (0: all).')
     flags.mark_flags_as_required(['config', 'out'])
+
+
+def run() -> None:
+    """The console script's entry point."""
+    from absl import app
+
+    _define_flags()
     app.run(main)
+
+
+if __name__ == '__main__':
+    run()

@@ -13,15 +13,18 @@ pipelines. Two kinds of source exist:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gzip
+import hashlib
 import importlib
 import importlib.resources
+import io
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +50,7 @@ FASHION_MNIST_FILES = {
 FASHION_MNIST_DEBIAN_DIR = '/usr/share/datasets/fashion-mnist'
 FASHION_MNIST_APT = 'apt-get install dataset-fashion-mnist'
 CIFAR10_ARCHIVE = 'cifar-10-binary.tar.gz'
+CIFAR10_URL = 'https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz'
 IN_MEMORY = ('fashion_mnist', 'cifar10')  # small: decoded once and kept in host memory
 EVAL_SPLITS = {'imagenet2012': 'validation', 'fashion_mnist': 'test', 'cifar10': 'test'}
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
@@ -133,27 +137,73 @@ def prepare_fashion_mnist(data_dir: str, idx_dir: str | None = None) -> tfds.cor
     Order: already prepared -> nothing to do; IDX files in `idx_dir` (or Debian's folder) ->
     build from them offline; otherwise tfds's own download.
     """
-    builder = tfds.builder('fashion_mnist', data_dir=data_dir)
-    if builder.is_prepared():
-        return builder
-    folder = Path(idx_dir or FASHION_MNIST_DEBIAN_DIR)
-    names = [n for pair in FASHION_MNIST_FILES.values() for n in pair]
-    if all((folder / n).exists() for n in names):
-        log.info('Building tfds fashion_mnist in %s from %s', data_dir, folder)
-        _build_fashion_mnist_from_idx(data_dir, folder)
-    else:
-        try:
-            builder.download_and_prepare()
-        except Exception as e:  # noqa: BLE001 - any download failure gets the same advice
-            raise FileNotFoundError(
-                f'Fashion-MNIST: no IDX files ({", ".join(names)}) in {folder} and the download '
-                f'failed ({type(e).__name__}). Run `{FASHION_MNIST_APT}` or set '
-                'config.dataset_path to a folder with those files.'
-            ) from None
-    return tfds.builder('fashion_mnist', data_dir=data_dir)
+    with quiet_tfds():  # also tfds's warnings about the variant folder it has not made yet
+        builder = tfds.builder('fashion_mnist', data_dir=data_dir)
+        if builder.is_prepared():
+            return builder
+        folder = Path(idx_dir or FASHION_MNIST_DEBIAN_DIR)
+        names = [n for pair in FASHION_MNIST_FILES.values() for n in pair]
+        if all((folder / n).exists() for n in names):
+            log.info(
+                'Preparing Fashion-MNIST once: tfds files in %s from %s (later runs reuse them).',
+                data_dir,
+                folder,
+            )
+            _build_fashion_mnist_from_idx(data_dir, folder)
+        else:
+            log.info('Preparing Fashion-MNIST once: downloading it with tfds into %s.', data_dir)
+            try:
+                builder.download_and_prepare()
+            except Exception as e:  # noqa: BLE001 - any download failure gets the same advice
+                raise FileNotFoundError(
+                    f'Fashion-MNIST: no IDX files ({", ".join(names)}) in {folder} and the '
+                    f'download failed ({type(e).__name__}). Run `{FASHION_MNIST_APT}` or set '
+                    'config.dataset_path to a folder with those files.'
+                ) from None
+        return tfds.builder('fashion_mnist', data_dir=data_dir)
+
+
+@contextlib.contextmanager
+def quiet_tfds() -> Iterator[None]:
+    """While tfds prepares a dataset for us: no progress bars, no 'Downloading and preparing'
+    prints on stdout, and absl's log lines (tfds's) at ERROR only. Restored afterwards."""
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    bars = getattr(tqdm_utils, '_active', True)
+    absl_logger = logging.getLogger('absl')
+    level = absl_logger.level
+    tfds.display_progress_bar(False)
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        absl_logger.setLevel(level)
+        tfds.display_progress_bar(bars)
 
 
 # --- tfds builders per dataset ---
+
+
+def prepare_cifar10(builder: tfds.core.DatasetBuilder, data_dir: str, folder: str | None) -> None:
+    """Prepares tfds's `cifar10` from the binary archive in `folder` (default: tfds's manual dir).
+
+    Never downloads: without the archive on disk it fails at once, naming the file, where to put
+    it and where to get it (offline, tfds's download would retry its host for minutes).
+    """
+    manual = Path(folder or os.path.join(data_dir, 'downloads', 'manual'))
+    if not (manual / CIFAR10_ARCHIVE).exists():
+        where = 'config.dataset_path=' + str(folder) if folder else f'the tfds manual dir {manual}'
+        raise FileNotFoundError(
+            f'CIFAR-10: {CIFAR10_ARCHIVE} not found in {where}, and cifar10 is not prepared in '
+            f'{data_dir}. Put the official binary archive ({CIFAR10_URL}) in a folder and pass it '
+            'as --config.dataset_path=FOLDER.'
+        )
+    log.info('Preparing CIFAR-10 once: tfds files in %s from %s.', data_dir, manual)
+    with quiet_tfds():
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
+        )
 
 
 def get_builder(config) -> tfds.core.DatasetBuilder:
@@ -164,15 +214,7 @@ def get_builder(config) -> tfds.core.DatasetBuilder:
     if config.dataset == 'cifar10':
         builder = tfds.builder('cifar10', data_dir=data_dir)
         if not builder.is_prepared():
-            dl = None
-            if config.dataset_path:
-                if not (Path(config.dataset_path) / CIFAR10_ARCHIVE).exists():
-                    raise FileNotFoundError(
-                        f'CIFAR-10: {CIFAR10_ARCHIVE} not found in config.dataset_path='
-                        f'{config.dataset_path}. Put the official binary archive there.'
-                    )
-                dl = tfds.download.DownloadConfig(manual_dir=config.dataset_path)
-            builder.download_and_prepare(download_config=dl)
+            prepare_cifar10(builder, data_dir, config.dataset_path)
         return builder
     if config.dataset == 'imagenet2012':
         builder = tfds.builder('imagenet2012', data_dir=data_dir, try_gcs=False)
@@ -240,100 +282,223 @@ def tfds_source(config, split: str, process_index: int, process_count: int, *, t
 # --- imagefolder: root/{train,val,test}/class_name/image.jpg ---
 
 
+class ImageFolderError(ValueError):
+    """An image folder that cannot be used as it is; the message names the path and the fix."""
+
+
+def _visible_dirs(folder: Path) -> list[Path]:
+    """Sub-folders, sorted, without hidden ones (.ipynb_checkpoints, .DS_Store folders, ...)."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith('.'))
+
+
+def _is_image_file(f: Path) -> bool:
+    """An image by its extension, and not hidden (macOS's ._name.jpg companions are not)."""
+    return f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith('.') and f.is_file()
+
+
+def _image_files(class_dir: Path) -> list[Path]:
+    return sorted(f for f in class_dir.iterdir() if _is_image_file(f))
+
+
+def _require_root(root: str | None) -> None:
+    if not root:
+        raise ImageFolderError(
+            'dataset=imagefolder needs config.dataset_path (the folder root): '
+            '--config.dataset_path=DIR with DIR/train/<class_name>/<image>.jpg.'
+        )
+
+
 def image_folder_classes(root: str) -> list[str]:
+    """The class names: the sub-folders of `root/train`, sorted (hidden folders are not classes)."""
+    _require_root(root)
     train = Path(root) / 'train'
     if not train.is_dir():
         raise FileNotFoundError(
             f'imagefolder: {train} does not exist. Lay the images out as '
             f'{root}/train/<class_name>/<image>.jpg (and optionally val/ or test/).'
         )
-    classes = sorted(p.name for p in train.iterdir() if p.is_dir())
-    if not classes:
-        raise ValueError(f'imagefolder: no class folders in {train}.')
-    return classes
+    folders = _visible_dirs(train)
+    if not folders:
+        raise ImageFolderError(
+            f"imagefolder: no class folders in {train}. Put each class's images in a folder of "
+            f'its own: {train}/<class_name>/<image>.jpg.'
+        )
+    for folder in folders:  # an empty one would be a class the model can never learn
+        if not any(_is_image_file(f) for f in folder.iterdir()):
+            raise ImageFolderError(
+                f'imagefolder: class folder {folder} has no images ({"/".join(IMAGE_EXTENSIONS)}).'
+                f' Every folder under {train} is a class: add its images, or remove the folder.'
+            )
+    return [folder.name for folder in folders]
 
 
 def image_folder_eval_split(root: str) -> str | None:
+    """The first of val/, validation/ and test/ that `root` has, or None."""
+    _require_root(root)
     for name in ('val', 'validation', 'test'):
         if (Path(root) / name).is_dir():
             return name
     return None
 
 
-def _image_format(path: Path) -> str | None:
-    """PIL's name for the file's format, or None if unreadable (header parse only: cheap)."""
+def _list_split(root: str, split: str) -> list[tuple[int, Path]]:
+    """(label, file) of every image file of `root/split` by extension, in sorted order."""
+    index = {c: i for i, c in enumerate(image_folder_classes(root))}
+    folder = Path(root) / split
+    files = []
+    for class_dir in _visible_dirs(folder):
+        if class_dir.name not in index:
+            raise ImageFolderError(
+                f'imagefolder: class {class_dir.name!r} in {folder} has no folder in {root}/train.'
+            )
+        files += [(index[class_dir.name], f) for f in _image_files(class_dir)]
+    return files
+
+
+def image_folder_fingerprint(root: str, split: str) -> str:
+    """A hash of `root/split`'s image files: class, name, size and modification time of each.
+
+    Adding, removing, renaming or rewriting an image changes it; reading costs one stat a file.
+    """
+    digest = hashlib.sha1(os.path.abspath(root).encode())
+    for label, f in _list_split(root, split):
+        st = f.stat()
+        digest.update(
+            f'{label}\0{f.parent.name}/{f.name}\0{st.st_size}\0{st.st_mtime_ns}\n'.encode()
+        )
+    return digest.hexdigest()
+
+
+def _image_header(path: Path) -> tuple[str, tuple[int, int]] | None:
+    """PIL's format name and the (height, width) of the file, or None if unreadable.
+
+    Reads the header and checks the structure (`verify`) without decoding the pixels: cheap.
+    """
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            fmt = im.format
+            fmt, (w, h) = im.format, im.size
             im.verify()
-        return fmt
+        return fmt, (h, w)
     except Exception:  # noqa: BLE001 - PIL raises many types for bad files
         return None
 
 
+@dataclasses.dataclass(frozen=True)
+class FolderSplit:
+    """The readable images of one split of an image folder, sorted by class then name."""
+
+    paths: tuple[str, ...]
+    labels: tuple[int, ...]
+    num_skipped: int  # unreadable files skipped (skip_corrupt_images=True)
+    jpeg: bool  # every image is a JPEG
+    sizes: frozenset[tuple[int, int]]  # the (height, width) of the images
+
+
+def scan_image_folder(root: str, split: str, skip_corrupt: bool) -> FolderSplit:
+    """`root/split`'s images, each file's header checked; memoised on the files' fingerprint.
+
+    The memo is keyed on :func:`image_folder_fingerprint`, so images added, removed or rewritten
+    since are seen within the same process too.
+    """
+    return _scan(root, split, skip_corrupt, image_folder_fingerprint(root, split))
+
+
 @functools.lru_cache(maxsize=16)
-def scan_image_folder(
-    root: str, split: str, skip_corrupt: bool
-) -> tuple[list[str], list[int], int]:
-    """Lists (paths, labels, num_skipped) of `root/split`, sorted; checks every file's header."""
-    classes = image_folder_classes(root)
-    index = {c: i for i, c in enumerate(classes)}
-    folder = Path(root) / split
-    paths, labels, skipped, formats = [], [], 0, set()
-    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-        if class_dir.name not in index:
-            raise ValueError(
-                f'imagefolder: class {class_dir.name!r} in {folder} has no folder in {root}/train.'
-            )
-        for f in sorted(class_dir.iterdir()):
-            if f.suffix.lower() not in IMAGE_EXTENSIONS:
+def _scan(root: str, split: str, skip_corrupt: bool, fingerprint: str) -> FolderSplit:
+    del fingerprint  # the memo key only
+    paths, labels, skipped, formats, sizes = [], [], 0, set(), set()
+    kept_per_class: dict[int, int] = {}
+    for label, f in _list_split(root, split):
+        header = _image_header(f)
+        kept_per_class.setdefault(label, 0)
+        if header is None:
+            if skip_corrupt:
+                skipped += 1
                 continue
-            fmt = _image_format(f)
-            if fmt is None:
-                if skip_corrupt:
-                    skipped += 1
-                    continue
-                raise ValueError(
-                    f'imagefolder: corrupt or unreadable image {f}. Remove it, or set '
-                    'config.skip_corrupt_images=True to skip (and count) such files.'
-                )
-            paths.append(str(f))
-            labels.append(index[class_dir.name])
-            formats.add(fmt)
+            raise ImageFolderError(
+                f'imagefolder: corrupt or unreadable image {f}. Remove it, or set '
+                'config.skip_corrupt_images=True to skip (and count) such files.'
+            )
+        paths.append(str(f))
+        labels.append(label)
+        formats.add(header[0])
+        sizes.add(header[1])
+        kept_per_class[label] += 1
+    folder = Path(root) / split
     if not paths:
-        raise ValueError(
+        raise ImageFolderError(
             f'imagefolder: no images ({"/".join(IMAGE_EXTENSIONS)}) under {folder}/<class>/.'
         )
+    if split == 'train':
+        classes = image_folder_classes(root)
+        for label, kept in kept_per_class.items():
+            if not kept:
+                raise ImageFolderError(
+                    f'imagefolder: every image in {folder / classes[label]} is unreadable (all '
+                    'skipped as corrupt). Replace them, or remove the folder.'
+                )
     if skipped:
         log.warning('imagefolder: skipped %d corrupt images under %s', skipped, folder)
-    return paths, labels, skipped, formats == {'JPEG'}
+    return FolderSplit(tuple(paths), tuple(labels), skipped, formats == {'JPEG'}, frozenset(sizes))
+
+
+def image_folder_size(root: str, skip_corrupt: bool) -> tuple[int, int] | None:
+    """The (height, width) every image of the train and eval splits has, or None if they vary."""
+    sizes = set(scan_image_folder(root, 'train', skip_corrupt).sizes)
+    split = image_folder_eval_split(root)
+    if split:
+        sizes |= scan_image_folder(root, split, skip_corrupt).sizes
+    return next(iter(sizes)) if len(sizes) == 1 else None
+
+
+def image_folder_size_problem(root: str, skip_corrupt: bool) -> str:
+    """Why the folder has no one image size, in words (for the crop_padding > 0 error)."""
+    by_split = {}
+    for split in ('train', image_folder_eval_split(root)):
+        if split:
+            by_split[split] = scan_image_folder(root, split, skip_corrupt).sizes
+    sizes = sorted(set().union(*by_split.values()))
+    shown = ', '.join(f'{h}x{w}' for h, w in sizes[:3]) + (', ...' if len(sizes) > 3 else '')
+    where = ' and '.join(f'{s}/' for s in by_split)
+    return f'the images under {root} ({where}) have {len(sizes)} sizes (HxW: {shown})'
 
 
 def image_folder_source(
     config, split: str, process_index: int, process_count: int, *, train: bool
 ) -> Source:
-    paths, labels, skipped, jpeg = scan_image_folder(
-        config.dataset_path, split, bool(config.skip_corrupt_images)
-    )
-    n = len(paths)
+    skip = bool(config.skip_corrupt_images)
+    scan = scan_image_folder(config.dataset_path, split, skip)
+    n = len(scan.paths)
     if train:  # equal, disjoint shards (the tail that does not divide is dropped)
         per = n // process_count
         lo, hi = process_index * per, (process_index + 1) * per
     else:  # every example exactly once over all hosts
         lo, hi = n * process_index // process_count, n * (process_index + 1) // process_count
-    paths_t = tf.constant(paths[lo:hi])
-    labels_t = tf.constant(labels[lo:hi], tf.int32)
+    paths_t = tf.constant(scan.paths[lo:hi])
+    labels_t = tf.constant(scan.labels[lo:hi], tf.int32)
 
     def lookup(i):
         return {'image': tf.io.read_file(tf.gather(paths_t, i)), 'label': tf.gather(labels_t, i)}
 
-    return Source(hi - lo, True, 3, lookup=lookup, num_skipped=skipped, jpeg=jpeg)
+    return Source(
+        hi - lo,
+        True,
+        3,
+        lookup=lookup,
+        num_skipped=scan.num_skipped,
+        jpeg=scan.jpeg,
+        image_hw=image_folder_size(config.dataset_path, skip),
+    )
 
 
-def find_corrupt_image(paths: list[str]) -> str | None:
-    """The first file that PIL cannot fully decode (used to name the culprit of a decode error)."""
+def find_corrupt_image(paths: Sequence[str]) -> str | None:
+    """The first file that cannot be decoded in full: by PIL, then by TensorFlow's decoder.
+
+    For naming the culprit of a decode error the pipeline met (at error time only: it decodes
+    every file).
+    """
     from PIL import Image
 
     for p in paths:
@@ -342,7 +507,25 @@ def find_corrupt_image(paths: list[str]) -> str | None:
                 im.load()
         except Exception:  # noqa: BLE001
             return p
+    for p in paths:  # PIL read them all: the file TensorFlow rejects
+        try:
+            tf.io.decode_image(tf.io.read_file(p), channels=3, expand_animations=False)
+        except tf.errors.OpError:
+            return p
     return None
+
+
+def corrupt_image_error(
+    config, error: tf.errors.OpError, candidates: Sequence[str]
+) -> ImageFolderError:
+    """One error naming the file among `candidates` that `error` (a decode failure) came from."""
+    bad = find_corrupt_image(candidates)
+    first = (getattr(error, 'message', '') or str(error)).splitlines()[0]
+    first = first.split(' [Op:')[0].strip()
+    return ImageFolderError(
+        f'imagefolder: cannot decode image {bad or "(unknown)"} under {config.dataset_path} '
+        f'({first}). Remove it, or set config.skip_corrupt_images=True to skip such files.'
+    )
 
 
 # --- synthetic: uint8 noise made on the host, for throughput and loop tests without I/O ---

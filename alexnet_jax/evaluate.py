@@ -9,8 +9,10 @@ import json
 import sys
 
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 from etils import epath
+
+from alexnet_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, "The training run's directory.", required=True)
@@ -24,6 +26,7 @@ flags.DEFINE_integer('eval_batch_size', None, 'Override the evaluation batch siz
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+    cli.quiet_libraries()
     from alexnet_jax import input_pipeline, train
 
     try:
@@ -36,22 +39,28 @@ def main(argv: list[str]) -> None:
             if value is not None:
                 config[field] = int(value) if field == 'eval_crops' else value
         state = train.load_trained_state(config, FLAGS.workdir, FLAGS.step, FLAGS.best)
+        step = int(state.step)
+        placement = train.placement_for(config, input_pipeline.load_stats(config))
+        result = train.evaluate(placement, placement.place_state(state), config)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f'error: {error}')
-    step = int(state.step)
-    placement = train.placement_for(config, input_pipeline.load_stats(config))
-    result = train.evaluate(placement, placement.place_state(state), config)
     result = {'step': step, 'eval_crops': config.eval_crops, **result}
     if jax.process_index() == 0:
         path = epath.Path(FLAGS.workdir) / f'eval_step{step}_{config.eval_crops}crop.json'
         path.write_text(json.dumps(result, indent=2))
+        top5 = result.get('eval_top5_error')  # absent with five classes or fewer
         print(
             f'step {step}, {config.eval_crops} crop(s), {result["eval_count"]} images: '
-            f'top-1 error {result["eval_top1_error"]:.4f}, top-5 error '
-            f'{result["eval_top5_error"]:.4f}, loss {result["eval_loss"]:.4f} ({path})'
+            f'top-1 error {result["eval_top1_error"]:.4f}'
+            + (f', top-5 error {top5:.4f}' if top5 is not None else '')
+            + f', loss {result["eval_loss"]:.4f} ({path})'
         )
-    logging.info('Evaluation written.')
+
+
+def run() -> None:
+    """The console script's entry point."""
+    app.run(main)
 
 
 if __name__ == '__main__':
-    app.run(main)
+    run()

@@ -19,10 +19,12 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import tensorflow as tf
 
@@ -32,6 +34,7 @@ from alexnet_jax.dataset_stats import Stats, load_stats
 __all__ = [
     'DatasetInfo',
     'Stats',
+    'complete_config',
     'create_eval_iter',
     'create_train_iter',
     'device_preprocess',
@@ -52,6 +55,7 @@ class DatasetInfo:
     image_shape: tuple[int, int, int]  # (H, W, C) of the model input
     class_names: list[str]
     num_skipped: int = 0  # corrupt images skipped (imagefolder with skip_corrupt_images)
+    image_hw: tuple[int, int] | None = None  # the stored images' (H, W), when all have one size
 
 
 def hide_gpus_from_tf() -> None:
@@ -95,52 +99,78 @@ def _source(config, *, train: bool, pi: int = 0, pc: int = 1) -> datasets.Source
             'to evaluate on.'
         )
     if config.dataset == 'imagefolder':
-        if not config.dataset_path:
-            raise ValueError('dataset=imagefolder needs config.dataset_path (the folder root).')
         return datasets.image_folder_source(config, split, pi, pc, train=train)
     return datasets.tfds_source(config, split, pi, pc, train=train)
+
+
+def complete_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy of `config` with the fields the dataset decides filled in.
+
+    imagefolder: ``num_classes`` is the number of class folders under ``dataset_path/train``
+    (logged when it changes the config's value). Other datasets: an unchanged copy.
+    """
+    config = config.copy_and_resolve_references()
+    if config.dataset == 'imagefolder':
+        classes = datasets.image_folder_classes(config.dataset_path)
+        if config.num_classes != len(classes):
+            log.info(
+                'imagefolder: %d class folders in %s: num_classes = %d.',
+                len(classes),
+                os.path.join(config.dataset_path, 'train'),
+                len(classes),
+            )
+            config.num_classes = len(classes)
+    return config
 
 
 def get_dataset_info(config) -> DatasetInfo:
     """Sizes, classes and the model input shape of `config.dataset`."""
     datasets.check_dataset_name(config.dataset)
     size = config.image_size
-    skipped = 0
+    skipped, image_hw = 0, None
     if config.dataset == 'synthetic':
         n_train, n_eval = config.synthetic_num_train, config.synthetic_num_eval
         names, channels = [f'class_{i}' for i in range(config.num_classes)], 3
+        image_hw = (size, size)
     elif config.dataset == 'imagefolder':
-        if not config.dataset_path:
-            raise ValueError('dataset=imagefolder needs config.dataset_path (the folder root).')
         names = datasets.image_folder_classes(config.dataset_path)
-        paths, _, skipped, _ = datasets.scan_image_folder(
-            config.dataset_path, 'train', bool(config.skip_corrupt_images)
-        )
-        n_train, channels = len(paths), 3
+        skip = bool(config.skip_corrupt_images)
+        train = datasets.scan_image_folder(config.dataset_path, 'train', skip)
+        n_train, skipped, channels = len(train.paths), train.num_skipped, 3
         split = _eval_split(config)
         n_eval = 0
         if split:
-            n_eval = len(datasets.scan_image_folder(config.dataset_path, split, True)[0])
+            n_eval = len(datasets.scan_image_folder(config.dataset_path, split, True).paths)
+        image_hw = datasets.image_folder_size(config.dataset_path, skip)
     else:
         builder = datasets.get_builder(config)
         names = list(builder.info.features['label'].names)
         n_train = int(builder.info.splits['train'].num_examples)
         n_eval = int(builder.info.splits[_eval_split(config)].num_examples)
-        channels = int(builder.info.features['image'].shape[-1])
+        shape = builder.info.features['image'].shape
+        channels = int(shape[-1])
+        image_hw = tuple(shape[:2]) if None not in shape[:2] else None
     if config.dataset != 'synthetic' and len(names) != config.num_classes:
         raise ValueError(
             f'{config.dataset} has {len(names)} classes but config.num_classes = '
             f'{config.num_classes}. Set config.num_classes = {len(names)}.'
         )
-    return DatasetInfo(n_train, n_eval, len(names), (size, size, channels), names, skipped)
+    return DatasetInfo(
+        n_train, n_eval, len(names), (size, size, channels), names, skipped, image_hw
+    )
 
 
 def _base_hw(config, source: datasets.Source) -> tuple[int, int]:
     if config.crop_padding > 0:
         if source.image_hw is None:
+            problem = 'needs images of one size'
+            if config.dataset == 'imagefolder':
+                problem += ', but ' + datasets.image_folder_size_problem(
+                    config.dataset_path, bool(config.skip_corrupt_images)
+                )
             raise ValueError(
-                f'{config.dataset}: crop_padding > 0 (the small-image path) needs images of one '
-                'size; set config.crop_padding = 0 to resize and crop instead.'
+                f'{config.dataset}: crop_padding > 0 (the small-image path) {problem}. Resize '
+                'them to one size, or set config.crop_padding = 0 to resize and crop instead.'
             )
         return preprocessing.base_size(config, source.image_hw)
     return preprocessing.base_size(config)
@@ -218,13 +248,8 @@ def _numpy_batches(ds: tf.data.Dataset, config) -> Iterator[dict[str, np.ndarray
             paths = []
             for split in ('train', _eval_split(config)):
                 if split:
-                    paths += datasets.scan_image_folder(config.dataset_path, split, True)[0]
-            bad = datasets.find_corrupt_image(paths)
-            raise ValueError(
-                f'imagefolder: cannot decode image {bad or "(unknown)"} under '
-                f'{config.dataset_path} ({e.message.splitlines()[0]}). Remove it, or set '
-                'config.skip_corrupt_images=True to skip such files.'
-            ) from None
+                    paths += datasets.scan_image_folder(config.dataset_path, split, True).paths
+            raise datasets.corrupt_image_error(config, e, paths) from None
         yield batch
 
 

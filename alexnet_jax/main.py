@@ -135,7 +135,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
     config = FLAGS.config
-    from alexnet_jax import xla_cpu
+    from alexnet_jax import cli, xla_cpu
 
     keeps_memory = xla_cpu.keep_host_memory()  # before anything starts threads
     code = 0
@@ -144,7 +144,7 @@ def main(argv: list[str]) -> None:
         import jax
 
         # Our progress at INFO on process 0; the libraries' (orbax logs every save) at WARNING.
-        logging.set_verbosity(logging.WARNING)
+        cli.quiet_libraries()
         if jax.process_index() == 0:
             std_logging.getLogger('alexnet_jax').setLevel(std_logging.INFO)
         if keeps_memory:

@@ -1,29 +1,77 @@
 """Top-5 classes of image files, from a trained run.
 
-    python -m alexnet_jax.predict --workdir DIR image.jpg [more.png ...] [--crops 10] [--step N]
+    python -m alexnet_jax.predict --workdir DIR image.jpg [more.png | FOLDER ...] [--crops 10]
+        [--step N] [--top K] [--json]
 
-Images are prepared as in evaluation: for large-image configs the central square resized to
-``resize_size`` and the centre crop (or the paper's ten crops, softmax averaged); for small-image
-configs (Fashion-MNIST, CIFAR-10) resized to the dataset's size first. Class names are the
-dataset's own (ImageNet's 1000 synsets' names for ``imagenet2012``).
+A folder stands for the image files in it (by extension, sorted; not its sub-folders). Images
+are prepared as in evaluation: for large-image configs the central square resized to
+``resize_size`` and the centre crop (or the paper's ten crops, softmax averaged); for
+small-image configs (Fashion-MNIST, CIFAR-10, small image folders) resized to the dataset's
+image size first. Class names are the dataset's own (ImageNet's 1000 synsets' names for
+``imagenet2012``). ``--json`` prints one JSON object per image instead:
+``{"path": ..., "top": [{"class": i, "name": ..., "prob": p}, ...]}``.
 """
 
+import json
+import os
 import re
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import jax
 import numpy as np
 from absl import app, flags
+
+from alexnet_jax import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, "The training run's directory.", required=True)
 flags.DEFINE_integer('step', None, 'Checkpoint step (default: the newest).')
 flags.DEFINE_enum('crops', '1', ['1', '10'], "Centre crop or the paper's ten crops.")
 flags.DEFINE_integer('top', 5, 'How many classes to print per image.')
+flags.DEFINE_bool('json', False, 'One JSON line per image: path, classes, names, probabilities.')
 
 
-def load_image(path: str, config, image_shape: tuple[int, int, int]) -> dict[str, np.ndarray]:
-    """One image file as an evaluation batch of one: uint8 crops and where they came from."""
+def image_paths(args: list[str]) -> list[str]:
+    """The image files `args` name: files as given, folders as their image files, sorted.
+
+    A path that does not exist, or a folder without image files, is a FileNotFoundError.
+    """
+    from alexnet_jax.datasets import IMAGE_EXTENSIONS
+
+    paths = []
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            found = sorted(
+                str(f)
+                for f in path.iterdir()
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS and f.name[0] != '.'
+            )
+            if not found:
+                raise FileNotFoundError(
+                    f'{arg} is a folder without image files ({"/".join(IMAGE_EXTENSIONS)}).'
+                )
+            paths += found
+        elif path.exists():
+            paths.append(arg)
+        else:
+            raise FileNotFoundError(f'{arg} does not exist: name image files or folders of them.')
+    return paths
+
+
+def load_image(
+    path: str,
+    config,
+    image_shape: tuple[int, int, int],
+    stored_hw: tuple[int, int] | None = None,
+) -> dict[str, np.ndarray]:
+    """One image file as an evaluation batch of one: uint8 crops and where they came from.
+
+    `stored_hw`: the dataset's image size, which small-image configs resize to (default: the
+    model input's size).
+    """
     import tensorflow as tf
 
     from alexnet_jax import preprocessing
@@ -36,7 +84,7 @@ def load_image(path: str, config, image_shape: tuple[int, int, int]) -> dict[str
         message = message.split(' [Op:')[0].strip()
         raise ValueError(f'{path} is not a readable image ({message}).') from None
     if config.crop_padding > 0:  # small-image configs: the dataset's own size, then pad
-        size = [image_shape[0], image_shape[1]]
+        size = list(stored_hw or image_shape[:2])
         image = tf.cast(tf.round(tf.image.resize(image, size, antialias=True)), tf.uint8)
         base_hw = preprocessing.base_size(config, tuple(size))
     else:
@@ -51,20 +99,22 @@ def load_image(path: str, config, image_shape: tuple[int, int, int]) -> dict[str
 
 
 def main(argv: list[str]) -> None:
-    paths = argv[1:]
-    if not paths:
-        raise app.UsageError('Name at least one image file.')
+    if len(argv) < 2:
+        raise app.UsageError('Name at least one image file or folder.')
+    cli.quiet_libraries()
     from alexnet_jax import input_pipeline, train
 
     try:
+        paths = image_paths(argv[1:])
         config = train.config_from_workdir(FLAGS.workdir)
         config.eval_crops = int(FLAGS.crops)
         info = input_pipeline.get_dataset_info(config)
-        batches = [load_image(p, config, info.image_shape) for p in paths]
+        # The first image is read before the model loads: a wrong kind of file fails at once.
+        first = load_image(paths[0], config, info.image_shape, info.image_hw)
         state = train.load_trained_state(config, FLAGS.workdir, FLAGS.step)
+        stats = input_pipeline.load_stats(config)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f'error: {error}')
-    stats = input_pipeline.load_stats(config)
 
     @jax.jit
     def probabilities(batch):
@@ -74,13 +124,37 @@ def main(argv: list[str]) -> None:
         probs = jax.nn.softmax(state.apply_fn(variables, flat, train=False))
         return probs.reshape(images.shape[0], -1, probs.shape[-1]).mean(axis=1)
 
-    for path, batch in zip(paths, batches, strict=True):
-        probs = np.asarray(probabilities(batch))[0]
-        print(path)
-        for index in np.argsort(-probs)[: FLAGS.top]:
-            name = info.class_names[index] if index < len(info.class_names) else str(index)
-            print(f'  {probs[index]:7.2%}  {name}')
+    def batches() -> Iterator[tuple[str, dict]]:
+        yield paths[0], first
+        for path in paths[1:]:
+            yield path, load_image(path, config, info.image_shape, info.image_hw)
+
+    try:
+        for path, batch in batches():
+            probs = np.asarray(probabilities(batch))[0]
+            top = [int(i) for i in np.argsort(-probs, kind='stable')[: FLAGS.top]]
+            names = [info.class_names[i] if i < len(info.class_names) else str(i) for i in top]
+            if FLAGS.json:
+                entries = [
+                    {'class': i, 'name': name, 'prob': float(probs[i])}
+                    for i, name in zip(top, names, strict=True)
+                ]
+                print(json.dumps({'path': path, 'top': entries}), flush=True)
+            else:
+                print(path)
+                for i, name in zip(top, names, strict=True):
+                    print(f'  {probs[i]:7.2%}  {name}')
+    except ValueError as error:  # an unreadable image among a folder's files
+        sys.exit(f'error: {error}')
+    except BrokenPipeError:  # `predict FOLDER | head`: the reader has gone, so stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+
+
+def run() -> None:
+    """The console script's entry point."""
+    app.run(main)
 
 
 if __name__ == '__main__':
-    app.run(main)
+    run()

@@ -292,6 +292,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     A run that already finished returns its results without training or evaluating again. A
     run stopped by a signal returns ``{'step', 'stopped_by'}`` after saving a checkpoint.
     """
+    config = input_pipeline.complete_config(config)  # e.g. imagefolder: num_classes from folders
     validate_config(config, workdir)
     with workdir_lock.hold(workdir) as lock:
         return _train_and_evaluate(config, workdir, lock)
@@ -528,11 +529,16 @@ def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
 def load_trained_state(
     config: ml_collections.ConfigDict, workdir: str, step: int | None = None, best: bool = False
 ) -> TrainState:
-    """The state of checkpoint ``step`` (or the best by validation error, or the newest)."""
+    """The state of checkpoint ``step`` (or the best by validation error, or the newest).
+
+    The restore target is built from shapes only: ``model.init`` is traced by
+    ``jax.eval_shape``, never compiled or run (0.3 s for the paper's net instead of 13-28 s);
+    the parameters come back as numpy arrays.
+    """
     info = input_pipeline.get_dataset_info(config)
     model = models.create_model(config, dtype=compute_dtype(config))
-    state = create_train_state(config, model, info.image_shape, 1)
-    ckpt = checkpointing.Checkpointer(workdir, config)
+    state = jax.eval_shape(lambda: create_train_state(config, model, info.image_shape, 1))
+    ckpt = checkpointing.Checkpointer(workdir, config, read_only=True)
     try:
         if best:
             step = ckpt.best_step()

@@ -240,13 +240,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             sub.add_argument('--k', type=int, default=6, help='neighbours per test image')
             sub.add_argument('--train-subset', type=int, default=5000, help='training images')
     args = parser.parse_args(argv)
+    from alexnet_jax import cli
+
+    cli.quiet_libraries()
     try:
         config, state = load_run(args.workdir, args.step)
         if args.figure == 'filters':
             path = plot_filters(config, state, args.out)
         else:
             path = plot_neighbours(config, state, args.out, args.queries, args.k, args.train_subset)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2
     print(path)
