@@ -1,7 +1,7 @@
 """The `small` AlexNet on CIFAR-10 (32x32 colour), the paper's Section 3.3 test bed.
 
 python -m alexnet_jax.main --config configs/cifar10.py --workdir runs/cifar10
-# offline: --config.dataset_path=DIR holding cifar-10-python.tar.gz (or the binary archive)
+# offline: --config.dataset_path=DIR holding cifar-10-binary.tar.gz
 """
 
 import ml_collections

@@ -17,19 +17,19 @@ def get_config() -> ml_collections.ConfigDict:
     c.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir
     c.manual_dir = ml_collections.config_dict.placeholder(str)  # ImageNet tars
     c.dataset_path = ml_collections.config_dict.placeholder(str)  # imagefolder root, local archives
-    c.num_classes = 1000
+    c.num_classes = 1000  # classes of the dataset (imagefolder: taken from the class folders)
     c.image_size = 227  # Section 3 / alexnet-spec.md: 227 (not 224) gives 55x55 after conv1.
     c.resize_size = 256  # Section 2: shorter side to 256, central 256x256 patch.
     c.crop_padding = 0  # small images: pad by this much, then random-crop back (0: 256/227 path).
     c.random_crop = True  # Section 4.1
     c.random_flip = True  # Section 4.1
     c.pca_noise_std = 0.1  # Section 4.1: alpha_i ~ N(0, 0.1); 0 turns the colour noise off.
-    c.pca_stats = ml_collections.config_dict.placeholder(str)  # .json from pca_stats command
+    c.pca_stats = ml_collections.config_dict.placeholder(str)  # from dataset_stats
     c.normalization = 'mean_image'  # mean_image (Section 2) | channel (mean/std) | none
-    c.shuffle_buffer = 16_384
-    c.skip_corrupt_images = False
-    c.synthetic_num_train = 1_281_167
-    c.synthetic_num_eval = 50_000
+    c.shuffle_buffer = 16_384  # examples in the tf.data shuffle buffer (sequential sources)
+    c.skip_corrupt_images = False  # imagefolder: skip and count undecodable images, not fail
+    c.synthetic_num_train = 1_281_167  # dataset=synthetic: training images per epoch (ImageNet's)
+    c.synthetic_num_eval = 50_000  # dataset=synthetic: evaluation images (ImageNet val's)
 
     # --- Model (alexnet_jax/models.py) ---
     c.model = 'paper'  # paper | single_tower | caffenet | owt | bn | small
@@ -37,40 +37,39 @@ def get_config() -> ml_collections.ConfigDict:
     c.norm = ml_collections.config_dict.placeholder(str)  # lrn | bn | none
     c.pooling = ml_collections.config_dict.placeholder(str)  # overlapping | non_overlapping
     c.activation = ml_collections.config_dict.placeholder(str)  # relu | tanh
-    c.dropout_rate = ml_collections.config_dict.placeholder(float)
+    c.dropout_rate = ml_collections.config_dict.placeholder(float)  # Section 4.2: 0.5
     c.groups = ml_collections.config_dict.placeholder(int)  # 1 | 2
     c.init_scheme = ml_collections.config_dict.placeholder(str)  # paper | modern
     c.model_parallel_towers = False  # Section 3.2 for real: each tower on its own device.
 
     # --- Optimisation (alexnet_jax/optim.py) ---
     c.batch_size = 128  # global, over all hosts and devices (Section 5)
-    c.num_epochs = 90.0
+    c.num_epochs = 90.0  # Section 5: "roughly 90 cycles"
     c.num_train_steps = -1  # > 0 wins over num_epochs
-    c.learning_rate = 0.01
-    c.momentum = 0.9
-    c.weight_decay = 0.0005
+    c.learning_rate = 0.01  # Section 5; global batch 128
+    c.momentum = 0.9  # Section 5
+    c.weight_decay = 0.0005  # Section 5, coupled into the update as the paper writes it
     c.decay_biases = False  # Caffe's reference does not decay biases (decay_mult: 0)
     c.lr_schedule = 'plateau'  # plateau | step | cosine | constant
-    c.plateau_factor = 0.1
+    c.plateau_factor = 0.1  # Section 5: divide by 10
     c.plateau_patience = 1  # evaluations without improvement before dividing
-    c.plateau_max_reductions = 3
+    c.plateau_max_reductions = 3  # Section 5: "reduced three times prior to termination"
     c.step_every_epochs = 30.0  # lr_schedule='step': multiply by plateau_factor every this many
     c.warmup_epochs = 0.0  # lr_schedule='cosine'
     c.half_precision = False  # bfloat16 compute, float32 parameters and optimizer state
-    c.seed = 0
+    c.seed = 0  # parameters, dropout, augmentation and data order
 
     # --- Loop cadence ---
-    c.eval_every_steps = 10_000
-    c.checkpoint_every_steps = 5_000
-    c.log_every_steps = 100
+    c.eval_every_steps = 10_000  # centre-crop evaluation (and the plateau rule) this often
+    c.checkpoint_every_steps = 5_000  # a checkpoint this often (and at each evaluation)
+    c.log_every_steps = 100  # a progress line and metrics.jsonl row this often
     c.log_every_seconds = 60.0  # also a line when this long has passed (logs under schedulers)
     c.eval_crops = 10  # 1 (centre) | 10 (Section 4.1: four corners + centre, and mirrors)
-    # Images per evaluation: None = the whole split; N = its first N (rounded up to whole
-    # batches), for quick checks; 0 = no evaluation at all (throughput runs).
-    c.eval_num_examples = ml_collections.config_dict.placeholder(int)
+    # None: the whole split; N: its first N images (whole batches); 0: no evaluation at all.
+    c.eval_num_examples = ml_collections.config_dict.placeholder(int)  # images per evaluation
     c.eval_batch_size = ml_collections.config_dict.placeholder(int)  # None: batch_size
-    c.keep_checkpoints = 3
-    c.prefetch_batches = 2
+    c.keep_checkpoints = 3  # the newest N checkpoints, plus the best by validation error
+    c.prefetch_batches = 2  # batches in flight to the devices
 
     c.lock()  # a misspelt field in a config or sweep is an error, not a silent no-op
     return c
