@@ -98,8 +98,7 @@ class Checkpointer:
                 best_fn=lambda m: m[_ERROR_KEY],
                 best_mode='min',
                 enable_async_checkpointing=True,
-                create=not read_only,
-                read_only=read_only,
+                create=not read_only,  # (orbax's own read_only mode warns on every use)
             ),
             # Named handlers: the layout of a saved state can be read before restoring it.
             item_handlers={

@@ -126,7 +126,7 @@ def test_config_help_parses_every_field_and_its_comment():
     assert by_name['dataset'].description == (
         'imagenet2012 | fashion_mnist | cifar10 | imagefolder | synthetic'
     )
-    assert by_name['num_classes'].description == ''  # no comment: listed all the same
+    assert by_name['num_classes'].description.startswith('classes of the dataset')
     assert by_name['batch_size'].section == 'Optimisation (alexnet_jax/optim.py)'
 
 
