@@ -22,6 +22,7 @@ from flax.training import train_state
 
 from alexnet_jax import (
     checkpointing,
+    finetune,
     input_pipeline,
     metrics,
     models,
@@ -48,19 +49,21 @@ def compute_dtype(config: ml_collections.ConfigDict) -> Any:
 def create_train_state(
     config: ml_collections.ConfigDict, model: nn.Module, image_shape: tuple[int, ...], steps: int
 ) -> TrainState:
-    """Fresh parameters (Section 5's initialisation unless the variant says otherwise)."""
+    """Fresh parameters (Section 5's initialisation unless the variant says otherwise), or
+    those of ``config.init_from`` with a fresh optimizer state (``finetune.py``)."""
     dummy = jnp.zeros((1, *image_shape), jnp.float32)
     variables = jax.jit(functools.partial(model.init, train=False))(
         jax.random.key(config.seed), dummy
     )
     params = variables['params']
-    return TrainState.create(
+    state = TrainState.create(
         apply_fn=model.apply,
         params=params,
         tx=optim.make_optimizer(config, params, steps),
         batch_stats=variables.get('batch_stats', {}),
         plateau=optim.Plateau.initial(),
     )
+    return finetune.load_initial_params(config, state)  # config.init_from, if set
 
 
 def _classification_sums(logits_or_probs: jax.Array, labels: jax.Array, mask: jax.Array) -> dict:
