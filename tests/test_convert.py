@@ -644,6 +644,7 @@ def test_init_from_another_network_is_one_error(converted_dir):
         train.create_train_state(config, models.create_model(config), (227, 227, 3), 1)
 
 
+@pytest.mark.slow  # 12 steps of the 61M-parameter owt net: ~100 s on 2 CPU cores
 def test_fine_tuning_from_a_converted_checkpoint_learns_with_frozen_layers_fixed(
     tmp_path, converted_dir, tv_weights, caplog
 ):
