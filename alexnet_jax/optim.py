@@ -78,8 +78,16 @@ def lr_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> opta
 def make_optimizer(
     config: ml_collections.ConfigDict, params: Any, steps_per_epoch: int
 ) -> optax.GradientTransformation:
+    from alexnet_jax import finetune
+
+    frozen = finetune.freeze_mask(config, params)  # None unless config.freeze names layers
+
+    def sgd(learning_rate, momentum, weight_decay, weight_decay_mask):
+        tx = paper_sgd(learning_rate, momentum, weight_decay, weight_decay_mask)
+        return finetune.keep_frozen(tx, frozen)
+
     return optax.inject_hyperparams(
-        paper_sgd, static_args=('momentum', 'weight_decay', 'weight_decay_mask')
+        sgd, static_args=('momentum', 'weight_decay', 'weight_decay_mask')
     )(
         learning_rate=lr_schedule(config, steps_per_epoch),
         momentum=config.momentum,

@@ -22,6 +22,7 @@ from flax.training import train_state
 
 from alexnet_jax import (
     checkpointing,
+    finetune,
     input_pipeline,
     metrics,
     models,
@@ -315,6 +316,8 @@ def _train_and_evaluate(config, workdir: str, lock) -> dict[str, Any]:
         model = models.create_model(config, dtype=compute_dtype(config)).clone(bn_axis_name=AXIS)
         state = create_train_state(config, model, info.image_shape, steps_per_epoch)
         state = ckpt.restore(state)
+        if not ckpt.steps():  # a fresh run: config.init_from's parameters, if set
+            state = finetune.load_initial_params(config, state)
     except BaseException:
         ckpt.close()
         if writer is not None:

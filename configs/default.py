@@ -58,6 +58,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.warmup_epochs = 0.0  # lr_schedule='cosine'
     c.half_precision = False  # bfloat16 compute, float32 parameters and optimizer state
     c.seed = 0  # parameters, dropout, augmentation and data order
+    c.init_from = ml_collections.config_dict.placeholder(str)  # a run dir to fine-tune from
+    c.freeze = ''  # comma-separated top-level layers never updated, e.g. 'conv1,conv2'
 
     # --- Loop cadence ---
     c.eval_every_steps = 10_000  # centre-crop evaluation (and the plateau rule) this often
