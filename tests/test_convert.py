@@ -640,8 +640,9 @@ def test_freeze_mask_names_unknown_layers():
 def test_init_from_another_network_is_one_error(converted_dir):
     config = default.get_config()
     config.model, config.image_size, config.init_from = 'paper', 227, converted_dir
+    state = train.create_train_state(config, models.create_model(config), (227, 227, 3), 1)
     with pytest.raises(ValueError, match=r"another network.*\['conv1'\]\['kernel'\]"):
-        train.create_train_state(config, models.create_model(config), (227, 227, 3), 1)
+        finetune.load_initial_params(config, state)
 
 
 @pytest.mark.slow  # 12 steps of the 61M-parameter owt net: ~100 s on 2 CPU cores
