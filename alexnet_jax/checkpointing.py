@@ -273,21 +273,29 @@ class Checkpointer:
             }
         except Exception:  # unreadable metadata: the restore itself will report the damage
             return
-        wanted = {
-            jax.tree_util.keystr(path): tuple(np.shape(leaf))
-            for path, leaf in jax.tree_util.tree_leaves_with_path(target)
-        }
-        differ = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
-        if differ:
-            details = '; '.join(
-                f'{k}: saved {saved.get(k, "absent")}, now {wanted.get(k, "absent")}'
-                for k in differ[:4]
-            )
-            more = f' (and {len(differ) - 4} more)' if len(differ) > 4 else ''
+        differences = shape_differences(saved, leaf_shapes(target))
+        if differences:
             raise CheckpointMismatchError(
                 f'The checkpoint in {self.directory / str(step)} holds other arrays than this '
-                f'config makes ({details}{more}). Use another --workdir, or the same config.'
+                f'config makes ({differences}). Use another --workdir, or the same config.'
             )
+
+
+def leaf_shapes(tree: Any) -> dict[str, tuple[int, ...]]:
+    """``{"['conv1']['kernel']": shape, ...}`` for every array of ``tree``."""
+    return {
+        jax.tree_util.keystr(path): tuple(np.shape(leaf))
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
+
+
+def shape_differences(saved: dict, wanted: dict, ignore: frozenset = frozenset()) -> str:
+    """The arrays whose shapes differ (or that one side lacks), up to four named; '' if none."""
+    differ = sorted(k for k in (set(saved) | set(wanted)) - ignore if saved.get(k) != wanted.get(k))
+    details = '; '.join(
+        f'{k}: saved {saved.get(k, "absent")}, now {wanted.get(k, "absent")}' for k in differ[:4]
+    )
+    return details + (f' (and {len(differ) - 4} more)' if len(differ) > 4 else '')
 
 
 class _OrbaxLogFilter(logging.Filter):

@@ -79,13 +79,6 @@ def _read_source(source: str) -> tuple[dict, dict, int]:
     return to_numpy(restored['params']), to_numpy(restored.get('batch_stats')), steps[-1]
 
 
-def _shapes(tree: Any) -> dict[str, tuple]:
-    return {
-        jax.tree_util.keystr(path): tuple(np.shape(leaf))
-        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
-    }
-
-
 def load_initial_params(config: ml_collections.ConfigDict, state: Any) -> Any:
     """``state`` with the params and batch_stats of ``config.init_from``'s newest checkpoint.
 
@@ -96,28 +89,29 @@ def load_initial_params(config: ml_collections.ConfigDict, state: Any) -> Any:
     source = config.get('init_from')
     if not source:
         return state
+    from alexnet_jax import checkpointing
+
     saved, saved_stats, step = _read_source(source)
-    fresh_shapes, saved_shapes = _shapes(state.params), _shapes(saved)
-    head = [k for k in fresh_shapes if k.startswith(f"['{CLASSIFIER}']")]
+    fresh_shapes = checkpointing.leaf_shapes(state.params)
+    saved_shapes = checkpointing.leaf_shapes(saved)
+    head = frozenset(k for k in fresh_shapes if k.startswith(f"['{CLASSIFIER}']"))
     reinit = any(fresh_shapes[k] != saved_shapes.get(k) for k in head)
-    keys = set(fresh_shapes) | set(saved_shapes)
-    differ = sorted(
-        k for k in keys if fresh_shapes.get(k) != saved_shapes.get(k) and not (reinit and k in head)
-    )
-    differ += sorted(
-        k
-        for k in set(_shapes(state.batch_stats)) | set(_shapes(saved_stats))
-        if _shapes(state.batch_stats).get(k) != _shapes(saved_stats).get(k)
-    )
-    if differ:
-        details = '; '.join(
-            f'{k}: saved {saved_shapes.get(k, "absent")}, now {fresh_shapes.get(k, "absent")}'
-            for k in differ[:4]
+    differences = '; '.join(
+        d
+        for d in (
+            checkpointing.shape_differences(
+                saved_shapes, fresh_shapes, ignore=head if reinit else frozenset()
+            ),
+            checkpointing.shape_differences(
+                checkpointing.leaf_shapes(saved_stats), checkpointing.leaf_shapes(state.batch_stats)
+            ),
         )
-        more = f' (and {len(differ) - 4} more)' if len(differ) > 4 else ''
+        if d
+    )
+    if differences:
         raise ValueError(
             f'config.init_from={source} holds another network than this config makes '
-            f'({details}{more}). Use the same model, or a source of this model.'
+            f'({differences}). Use the same model, or a source of this model.'
         )
     params = dict(state.params)
     for layer in params:

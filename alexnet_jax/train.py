@@ -417,14 +417,7 @@ def _evaluation_due(run: _Run, step: int) -> bool:
 def _evaluate_and_adapt(run: _Run, state: TrainState, step: int) -> tuple[TrainState, Any]:
     """A centre-crop evaluation, and the plateau rule applied to it; None if interrupted."""
     started = time.perf_counter()
-    config = _center_crop(run.config)
-    result = evaluate(
-        run.placement,
-        state,
-        config,
-        stop=run.preemption.requested,
-        progress=run.progress.eval_progress(_eval_size(run, config)),
-    )
+    result = _run_evaluation(run, state, _center_crop(run.config))
     if result is not None:
         run.writer.write_scalars(step, result)
         _log_eval(step, result)
@@ -432,6 +425,19 @@ def _evaluate_and_adapt(run: _Run, state: TrainState, step: int) -> tuple[TrainS
         state = run.placement.place_state(state)  # new host values, same layout: no recompile
     run.progress.exclude(time.perf_counter() - started)
     return state, result
+
+
+def _run_evaluation(
+    run: _Run, state: TrainState, config: ml_collections.ConfigDict
+) -> dict[str, Any] | None:
+    """:func:`evaluate` with progress shown, abandoned (None) when a signal asks to stop."""
+    return evaluate(
+        run.placement,
+        state,
+        config,
+        stop=run.preemption.requested,
+        progress=run.progress.eval_progress(_eval_size(run, config)),
+    )
 
 
 def _eval_size(run: _Run, config: ml_collections.ConfigDict) -> int:
@@ -470,13 +476,7 @@ def _finish(run: _Run, state: TrainState, step: int) -> dict[str, Any]:
         run.progress.flush(step)
     eval_result: dict[str, Any] = {}
     if config.eval_num_examples != 0 and run.num_eval > 0:
-        result = evaluate(
-            run.placement,
-            state,
-            config,
-            stop=run.preemption.requested,
-            progress=run.progress.eval_progress(_eval_size(run, config)),
-        )
+        result = _run_evaluation(run, state, config)
         if result is None:  # a signal during the final evaluation: rerun evaluates again
             run.ckpt.save(step, state)
             run.ckpt.wait()

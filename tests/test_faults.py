@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import checkpointing, models, train, workdir_lock
+from tests.test_multihost import _free_port
 from tests.test_train import ROOT, small_config
 
 CLI_DEFAULTS = {
@@ -355,12 +356,6 @@ def test_lock_of_a_live_process_on_another_host_is_respected_until_stale(tmp_pat
 
 
 # --- Multi-host: a coordinator that never comes. ---
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def test_missing_coordinator_ends_with_one_error_naming_it(tmp_path):
