@@ -40,6 +40,7 @@ __all__ = [
     'device_preprocess',
     'get_dataset_info',
     'load_stats',
+    'run_dataset_info',
 ]
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,22 @@ def complete_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
             )
             config.num_classes = len(classes)
     return config
+
+
+def run_dataset_info(config, workdir: str) -> DatasetInfo:
+    """What applying a trained run needs of its dataset: the input shape and the class names.
+
+    A run directory written by ``alexnet_jax.convert`` carries its class names
+    (``class_names.txt``) and takes RGB images, so ``predict`` and the figures work on it where
+    the dataset itself (ImageNet) is not prepared. Any other run asks the dataset.
+    """
+    names_path = os.path.join(workdir, 'class_names.txt')
+    if not os.path.isfile(names_path):
+        return get_dataset_info(config)
+    with open(names_path) as f:
+        names = [line.strip() for line in f if line.strip()]
+    size = config.image_size
+    return DatasetInfo(0, 0, len(names), (size, size, 3), names)
 
 
 def get_dataset_info(config) -> DatasetInfo:

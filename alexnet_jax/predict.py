@@ -108,7 +108,7 @@ def main(argv: list[str]) -> None:
         paths = image_paths(argv[1:])
         config = train.config_from_workdir(FLAGS.workdir)
         config.eval_crops = int(FLAGS.crops)
-        info = input_pipeline.get_dataset_info(config)
+        info = input_pipeline.run_dataset_info(config, FLAGS.workdir)
         # The first image is read before the model loads: a wrong kind of file fails at once.
         first = load_image(paths[0], config, info.image_shape, info.image_hw)
         state = train.load_trained_state(config, FLAGS.workdir, FLAGS.step)

@@ -538,7 +538,7 @@ def load_trained_state(
     ``jax.eval_shape``, never compiled or run (0.3 s for the paper's net instead of 13-28 s);
     the parameters come back as numpy arrays.
     """
-    info = input_pipeline.get_dataset_info(config)
+    info = input_pipeline.run_dataset_info(config, workdir)
     model = models.create_model(config, dtype=compute_dtype(config))
     state = jax.eval_shape(lambda: create_train_state(config, model, info.image_shape, 1))
     ckpt = checkpointing.Checkpointer(workdir, config, read_only=True)

@@ -13,6 +13,7 @@ import pickle
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -695,3 +696,27 @@ def test_frozen_layers_have_no_optimizer_state_and_decay_skips_them():
     # fc8 is decayed: -lr * wd * w
     np.testing.assert_allclose(updates['fc8']['kernel'], -0.01 * 0.5, rtol=1e-6)
     assert float(optim.current_learning_rate(state)) == pytest.approx(0.01)
+
+
+def test_predict_on_a_converted_run_needs_no_prepared_imagenet(tmp_path, converted_dir):
+    """`predict` takes the class names from the run directory, not from tfds's imagenet2012."""
+    from PIL import Image
+
+    image = tmp_path / 'photo.png'
+    pixels = np.random.default_rng(3).integers(0, 255, (300, 260, 3), np.uint8)
+    Image.fromarray(pixels).save(image)
+    empty_tfds = tmp_path / 'tfds'  # no dataset prepared anywhere
+    proc = subprocess.run(
+        [sys.executable, '-m', 'alexnet_jax.predict', f'--workdir={converted_dir}', '--json']
+        + [str(image)],
+        cwd=ROOT,
+        env=dict(os.environ, TFDS_DATA_DIR=str(empty_tfds)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    top = json.loads(proc.stdout.strip().splitlines()[0])['top']
+    names = (Path(converted_dir) / 'class_names.txt').read_text().split()
+    assert [entry['name'] for entry in top] == [names[entry['class']] for entry in top]
+    assert all(name.startswith('n') for name in names[:5]) and len(names) == 1000
