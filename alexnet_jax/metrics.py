@@ -124,8 +124,18 @@ class Progress:
             import tqdm
 
             self._bar = tqdm.tqdm(
-                total=total, initial=start, unit='step', dynamic_ncols=True, smoothing=0.1
+                total=total,
+                initial=start,
+                unit='step',
+                dynamic_ncols=True,
+                smoothing=0.1,
+                miniters=1,
             )
+            # Our log lines above the bar, not glued onto it.
+            self._handler = _AboveTheBar()
+            self._handler.setFormatter(logging.Formatter('%(levelname).1s %(message)s'))
+            _PROJECT_LOG.addHandler(self._handler)
+            _PROJECT_LOG.propagate = False
 
     def record(self, step: int, step_metrics: Any) -> None:
         self.pending.append((step, step_metrics))
@@ -136,6 +146,11 @@ class Progress:
         if self._bar is not None:
             self._advance_bar()
 
+    def _show_done(self, done: int) -> None:
+        if self._bar is not None and done > self._shown:
+            self._bar.update(done - self._shown)
+            self._shown = done
+
     def _advance_bar(self) -> None:
         done = self._shown
         for step, m in self.pending:
@@ -144,9 +159,7 @@ class Progress:
             if not m['loss'].is_ready():
                 break
             done = step
-        if done > self._shown:
-            self._bar.update(done - self._shown)
-            self._shown = done
+        self._show_done(done)
 
     def due(self, step: int) -> bool:
         """Whether a line is due at ``step``: by steps, by time, or at the end."""
@@ -177,6 +190,7 @@ class Progress:
             scalars['images_per_sec'] = (step - line_step) * self.batch_size / seconds
             scalars['step_time'] = seconds / (step - line_step)
         self._line, self._excluded = (step, now), 0.0
+        self._show_done(step)  # fetched: the devices have finished these steps
         self.pending.clear()
         self._checked = max(self._checked, step)
         self.last = scalars
@@ -245,7 +259,21 @@ class Progress:
 
     def close(self) -> None:
         if self._bar is not None:
+            _PROJECT_LOG.removeHandler(self._handler)
+            _PROJECT_LOG.propagate = True
             self._bar.close()
+
+
+_PROJECT_LOG = logging.getLogger('alexnet_jax')
+
+
+class _AboveTheBar(logging.Handler):
+    """Writes log records through tqdm, which prints them above its bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        import tqdm
+
+        tqdm.tqdm.write(self.format(record), file=sys.stderr)
 
 
 def _duration(seconds: float) -> str:
