@@ -1,7 +1,7 @@
 """Top-5 classes of image files, from a trained run.
 
     python -m alexnet_jax.predict --workdir DIR image.jpg [more.png | FOLDER ...] [--crops 10]
-        [--step N] [--top K] [--json]
+        [--step N] [--top K] [--json] [--no_resize]
 
 A folder stands for the image files in it (by extension, sorted; not its sub-folders). Images
 are prepared as in evaluation: for large-image configs the central square resized to
@@ -9,7 +9,8 @@ are prepared as in evaluation: for large-image configs the central square resize
 small-image configs (Fashion-MNIST, CIFAR-10, small image folders) resized to the dataset's
 image size first. Class names are the dataset's own (ImageNet's 1000 synsets' names for
 ``imagenet2012``). ``--json`` prints one JSON object per image instead:
-``{"path": ..., "top": [{"class": i, "name": ..., "prob": p}, ...]}``.
+``{"path": ..., "top": [{"class": i, "name": ..., "prob": p}, ...]}``. ``--no_resize`` takes
+images already at the model's input size and feeds them unchanged (normalisation only).
 """
 
 import json
@@ -31,6 +32,11 @@ flags.DEFINE_integer('step', None, 'Checkpoint step (default: the newest).')
 flags.DEFINE_enum('crops', '1', ['1', '10'], "Centre crop or the paper's ten crops.")
 flags.DEFINE_integer('top', 5, 'How many classes to print per image.')
 flags.DEFINE_bool('json', False, 'One JSON line per image: path, classes, names, probabilities.')
+flags.DEFINE_bool(
+    'no_resize',
+    False,
+    'Images already at the model input size, fed unchanged (normalisation only, one crop).',
+)
 
 
 def image_paths(args: list[str]) -> list[str]:
@@ -66,11 +72,14 @@ def load_image(
     config,
     image_shape: tuple[int, int, int],
     stored_hw: tuple[int, int] | None = None,
+    resize: bool = True,
 ) -> dict[str, np.ndarray]:
     """One image file as an evaluation batch of one: uint8 crops and where they came from.
 
     `stored_hw`: the dataset's image size, which small-image configs resize to (default: the
-    model input's size).
+    model input's size). `resize=False`: the image must be of the model input's size and is the
+    one crop, as if cut from the centre of a prepared image (so the mean image's centre is
+    subtracted).
     """
     import tensorflow as tf
 
@@ -83,6 +92,8 @@ def load_image(
         message = re.sub(r'\{\{.*?\}\}\s*', '', getattr(error, 'message', str(error)))
         message = message.split(' [Op:')[0].strip()
         raise ValueError(f'{path} is not a readable image ({message}).') from None
+    if not resize:
+        return _as_input(image.numpy(), path, config, stored_hw or image_shape[:2])
     if config.crop_padding > 0:  # small-image configs: the dataset's own size, then pad
         size = list(stored_hw or image_shape[:2])
         image = tf.cast(tf.round(tf.image.resize(image, size, antialias=True)), tf.uint8)
@@ -98,6 +109,24 @@ def load_image(
     }
 
 
+def _as_input(image: np.ndarray, path: str, config, stored_hw) -> dict[str, np.ndarray]:
+    from alexnet_jax import preprocessing
+
+    size = config.image_size
+    if image.shape[:2] != (size, size):
+        raise ValueError(
+            f'{path} is {image.shape[1]}x{image.shape[0]}; --no_resize takes images of the '
+            f'model input size, {size}x{size}. Leave --no_resize out to resize and crop it.'
+        )
+    base_h, base_w = preprocessing.base_size(config, tuple(stored_hw))
+    centre = ((base_h - size) // 2, (base_w - size) // 2)
+    return {
+        'image': image[None, None],
+        'crop_yx': np.asarray([centre], np.int32)[None],
+        'flip': np.asarray([False])[None],
+    }
+
+
 def main(argv: list[str]) -> None:
     if len(argv) < 2:
         raise app.UsageError('Name at least one image file or folder.')
@@ -110,7 +139,7 @@ def main(argv: list[str]) -> None:
         config.eval_crops = int(FLAGS.crops)
         info = input_pipeline.run_dataset_info(config, FLAGS.workdir)
         # The first image is read before the model loads: a wrong kind of file fails at once.
-        first = load_image(paths[0], config, info.image_shape, info.image_hw)
+        first = load_image(paths[0], config, info.image_shape, info.image_hw, not FLAGS.no_resize)
         state = train.load_trained_state(config, FLAGS.workdir, FLAGS.step)
         stats = input_pipeline.load_stats(config)
     except (FileNotFoundError, ValueError) as error:
@@ -127,7 +156,10 @@ def main(argv: list[str]) -> None:
     def batches() -> Iterator[tuple[str, dict]]:
         yield paths[0], first
         for path in paths[1:]:
-            yield path, load_image(path, config, info.image_shape, info.image_hw)
+            yield (
+                path,
+                load_image(path, config, info.image_shape, info.image_hw, not FLAGS.no_resize),
+            )
 
     try:
         for path, batch in batches():

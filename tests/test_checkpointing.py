@@ -241,3 +241,35 @@ def test_evaluate_with_no_checkpoint_says_so(tmp_path):
     proc = _command('evaluate', tmp_path)
     assert proc.returncode != 0
     assert 'No checkpoint in' in proc.stderr
+
+
+def test_predict_no_resize_feeds_an_input_sized_image_unchanged(tmp_path):
+    from PIL import Image
+
+    from alexnet_jax import input_pipeline
+
+    workdir = tmp_path / 'run'
+    config = _config(num_train_steps=2, normalization='channel')
+    train.train_and_evaluate(config, str(workdir))
+    size = config.image_size
+    pixels = np.random.default_rng(1).integers(0, 255, (size, size, 3), np.uint8)
+    image = tmp_path / 'input.png'
+    Image.fromarray(pixels).save(image)
+    proc = _predict(workdir, '--no_resize', '--json', '--top=3', image)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    top = json.loads(proc.stdout.strip().splitlines()[0])['top']
+    # The model on the image normalised by hand: (pixel - channel mean) / channel std.
+    stats = input_pipeline.load_stats(config)
+    x = (pixels.astype(np.float32) - stats.channel_mean) / stats.channel_std
+    state = train.load_trained_state(config, str(workdir))
+    logits = state.apply_fn({'params': state.params}, x[None], train=False)
+    probs = np.asarray(jax.nn.softmax(logits))[0]
+    expected = np.argsort(-probs, kind='stable')[:3]
+    assert [entry['class'] for entry in top] == list(expected)
+    np.testing.assert_allclose([entry['prob'] for entry in top], probs[expected], rtol=1e-4)
+
+    wrong = tmp_path / 'big.png'
+    Image.fromarray(np.zeros((size + 4, size, 3), np.uint8)).save(wrong)
+    proc = _predict(workdir, '--no_resize', wrong)
+    assert proc.returncode == 1
+    assert f'{wrong} is {size}x{size + 4}; --no_resize takes images of the model' in proc.stderr
