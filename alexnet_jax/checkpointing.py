@@ -112,6 +112,10 @@ class Checkpointer:
         """Steps of the complete checkpoints on disk, oldest first."""
         return sorted(self.manager.all_steps())
 
+    def has(self, step: int) -> bool:
+        """Whether ``step`` is on disk and not known to be damaged (then saving it is a no-op)."""
+        return step in self.manager.all_steps() and step not in self._unreadable
+
     def save(self, step: int, state: Any, eval_result: dict | None = None, force: bool = False):
         """Starts writing ``state`` at ``step`` in the background.
 
