@@ -595,7 +595,7 @@ def write_run(
     provenance: dict[str, Any] | None = None,
 ) -> str:
     """Writes ``workdir`` as a run directory holding ``params`` at step 0; returns its path."""
-    from alexnet_jax import checkpointing, dataset_stats, metrics, models, train
+    from alexnet_jax import checkpointing, dataset_stats, metrics, models, steps
 
     workdir = os.path.abspath(workdir)
     checkpoints = os.path.join(workdir, 'checkpoints')
@@ -607,7 +607,7 @@ def write_run(
     config = run_config(source, variant, num_classes, stats_path)
     dataset_stats.save_stats(_stats(source, config.resize_size), stats_path)
     model = models.create_model(config)
-    state = train.create_train_state(config, model, (config.image_size,) * 2 + (3,), 1)
+    state = steps.create_train_state(config, model, (config.image_size,) * 2 + (3,), 1)
     fresh = {k: {n: tuple(a.shape) for n, a in v.items()} for k, v in state.params.items()}
     given = {k: {n: tuple(a.shape) for n, a in v.items()} for k, v in params.items()}
     if fresh != given:

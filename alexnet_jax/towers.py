@@ -37,7 +37,7 @@ two layers of axis bookkeeping, and a ``pmap`` cannot take a state that is shard
 and replicated along the other. One ``shard_map`` over ``('batch', 'tower')`` states all of that
 in ``PartitionSpec`` s: the state is ``P(..., 'tower')`` (replicated over ``'batch'``), a batch is
 ``P('batch')`` (replicated over ``'tower'``), and the step body is
-:func:`alexnet_jax.train.train_step` / ``eval_step`` unchanged, whose ``pmean`` / ``psum`` over
+:func:`alexnet_jax.steps.train_step` / ``eval_step`` unchanged, whose ``pmean`` / ``psum`` over
 ``'batch'`` leave ``'tower'`` alone. As ``pmap`` does, the ``shard_map`` runs with
 ``check_vma=False``: the gradient of a replicated parameter is then each replica's own, and the
 step's explicit ``pmean`` averages it (with ``check_vma=True`` autodiff would already sum it over
@@ -59,7 +59,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from alexnet_jax import input_pipeline, models, ops, parallel, train
+from alexnet_jax import input_pipeline, models, ops, parallel, steps
 from alexnet_jax.config_checks import ConfigError
 from alexnet_jax.lrn import LRN
 
@@ -196,7 +196,7 @@ def tower_model(config: ml_collections.ConfigDict) -> TowerAlexNet:
         activation=config.activation,
         dropout_rate=config.dropout_rate,
         init_scheme=config.init_scheme,
-        dtype=train.compute_dtype(config),
+        dtype=steps.compute_dtype(config),
     )
 
 
@@ -251,7 +251,7 @@ def _squeeze(batch: Any) -> Any:
 
 def _train_body(state, batch, rng, *, apply_fn, config, stats):
     own_apply = state.apply_fn
-    new_state, step_metrics = train.train_step(
+    new_state, step_metrics = steps.train_step(
         state.replace(apply_fn=apply_fn), _squeeze(batch), rng, config=config, stats=stats
     )
     # Each tower checked its own half of the parameters: finite only if both halves are.
@@ -260,7 +260,7 @@ def _train_body(state, batch, rng, *, apply_fn, config, stats):
 
 
 def _eval_body(state, batch, *, apply_fn, config, stats):
-    return train.eval_step(
+    return steps.eval_step(
         state.replace(apply_fn=apply_fn), _squeeze(batch), config=config, stats=stats
     )
 
@@ -268,7 +268,7 @@ def _eval_body(state, batch, *, apply_fn, config, stats):
 def make_steps(
     config: ml_collections.ConfigDict, stats: input_pipeline.Stats, mesh: Mesh
 ) -> tuple[Callable, Callable]:
-    """``train.train_step`` and ``train.eval_step`` over ``mesh``, with the tower model."""
+    """``steps.train_step`` and ``steps.eval_step`` over ``mesh``, with the tower model."""
     apply_fn = tower_model(config).apply
 
     @functools.partial(jax.jit, donate_argnums=(0,))
@@ -280,7 +280,7 @@ def make_steps(
             mesh=mesh,
             in_specs=(specs, PartitionSpec(BATCH), PartitionSpec()),
             out_specs=(specs, PartitionSpec()),
-            check_vma=False,  # pmap's semantics, which train.train_step is written for
+            check_vma=False,  # pmap's semantics, which steps.train_step is written for
         )(state, batch, rng)
 
     @jax.jit
@@ -301,7 +301,7 @@ def placement(
     config: ml_collections.ConfigDict,
     stats: input_pipeline.Stats,
     devices: list[jax.Device] | None = None,
-) -> train.Placement:
+) -> steps.Placement:
     """Section 3.2's placement: towers on device pairs, data parallel across the pairs."""
     if jax.process_count() > 1:
         raise ConfigError('config.model_parallel_towers=True runs on one host (process) for now.')
@@ -320,4 +320,4 @@ def placement(
     def place_batch(batch: Any) -> Any:
         return jax.device_put(batch, NamedSharding(mesh, PartitionSpec(BATCH)))
 
-    return train.Placement(mesh.shape[BATCH], place_state, place_batch, train_step, eval_step)
+    return steps.Placement(mesh.shape[BATCH], place_state, place_batch, train_step, eval_step)

@@ -1,10 +1,9 @@
-"""The training procedure of Section 5: state, the pure ``pmap``-ed steps, and the loop.
+"""The training procedure of Section 5: the driver around the pure steps of ``steps.py``.
 
-``train_step`` and ``eval_step`` are plain functions of (state, batch, rng); the driver
-:func:`train_and_evaluate` is a short sequence of named helpers around them.
+:func:`train_and_evaluate` is a short sequence of named helpers: set up (or resume) a run, then
+loop over train, maybe evaluate, maybe save, maybe stop, and finish with the final evaluation.
 """
 
-import functools
 import itertools
 import json
 import logging
@@ -12,14 +11,10 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from etils import epath
-from flax.training import train_state
 
 from alexnet_jax import (
     checkpointing,
@@ -29,202 +24,26 @@ from alexnet_jax import (
     models,
     optim,
     parallel,
+    steps,
+    towers,
     workdir_lock,
 )
 from alexnet_jax.config_checks import validate_config
 
 log = logging.getLogger(__name__)
 
-AXIS = parallel.AXIS
 
-
-class TrainState(train_state.TrainState):
-    batch_stats: Any  # BatchNorm running statistics (the `bn` variant); {} otherwise
-    plateau: optim.Plateau  # the divide-on-plateau rule's counters, checkpointed with the rest
-
-
-def compute_dtype(config: ml_collections.ConfigDict) -> Any:
-    return jnp.bfloat16 if config.half_precision else jnp.float32
-
-
-def create_train_state(
-    config: ml_collections.ConfigDict, model: nn.Module, image_shape: tuple[int, ...], steps: int
-) -> TrainState:
-    """Fresh parameters (Section 5's initialisation unless the variant says otherwise)."""
-    dummy = jnp.zeros((1, *image_shape), jnp.float32)
-    variables = jax.jit(functools.partial(model.init, train=False))(
-        jax.random.key(config.seed), dummy
-    )
-    params = variables['params']
-    return TrainState.create(
-        apply_fn=model.apply,
-        params=params,
-        tx=optim.make_optimizer(config, params, steps),
-        batch_stats=variables.get('batch_stats', {}),
-        plateau=optim.Plateau.initial(),
-    )
-
-
-def _classification_sums(logits_or_probs: jax.Array, labels: jax.Array, mask: jax.Array) -> dict:
-    """Top-1 (and, with more than five classes, top-5) error counts over the masked-in examples.
-
-    With five classes or fewer every label is in the top five: no top-5 error is reported.
-    """
-    mask = mask.astype(jnp.float32)
-    top1 = jnp.argmax(logits_or_probs, axis=-1) == labels
-    sums = {'top1_errors': jnp.sum((1.0 - top1) * mask), 'count': jnp.sum(mask)}
-    if logits_or_probs.shape[-1] > 5:
-        top5 = jax.lax.top_k(logits_or_probs, 5)[1]
-        hit5 = (top5 == labels[:, None]).any(axis=1)
-        sums['top5_errors'] = jnp.sum((1.0 - hit5) * mask)
-    return sums
-
-
-def _after_all(grads: Any) -> Any:
-    """``grads`` unchanged, each now depending on all of them (as after an all-reduce).
-
-    The donated parameters are updated in place only if XLA can see that every read of them
-    (forward and backward) comes first. Without an all-reduce, fc6's update depends only on
-    fc6's gradient, which is ready while conv1-5's backward still reads fc6, so XLA copies
-    every parameter first (CPU, `owt`: ~20 ms a step). Adding zero times one element of each
-    gradient orders the updates after the whole backward pass; the add fuses into the update.
-    A non-finite gradient makes every gradient NaN, which the step's loss reports anyway.
-    """
-    leaves = jax.tree.leaves(grads)
-    zero = 0.0 * sum(leaf.reshape(-1)[0].astype(jnp.float32) for leaf in leaves)
-    return jax.tree.map(lambda g: g + zero.astype(g.dtype), grads)
-
-
-def train_step(
-    state: TrainState,
-    batch: dict[str, jax.Array],
-    rng: jax.Array,
-    *,
-    config: ml_collections.ConfigDict,
-    stats: input_pipeline.Stats,
-) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One SGD step on this device's shard; gradients and metrics averaged over devices."""
-    # Different dropout masks and colour noise on every step and every device.
-    rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(AXIS))
-    dropout_rng, noise_rng = jax.random.split(rng)
-    images = input_pipeline.device_preprocess(
-        batch, noise_rng, stats, config, train=True, dtype=compute_dtype(config)
-    )
-    labels = batch['label']
-    has_bn = bool(state.batch_stats)
-
-    def loss_fn(params):
-        variables = {'params': params, 'batch_stats': state.batch_stats}
-        logits, updates = state.apply_fn(
-            variables,
-            images,
-            train=True,
-            rngs={'dropout': dropout_rng},
-            mutable=['batch_stats'] if has_bn else [],
-        )
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        return loss, (logits, updates)
-
-    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    # Every device holds the same number of examples, so the mean of the per-device means is
-    # the gradient of the global batch's mean loss. On one device XLA would still copy every
-    # gradient through the all-reduce (~50 ms a step for 61M parameters on CPU).
-    one_device = jax.lax.axis_size(AXIS) == 1
-    grads = _after_all(grads) if one_device else jax.lax.pmean(grads, AXIS)
-    new_state = state.apply_gradients(grads=grads)
-    if has_bn:  # BatchNorm already averaged its statistics over AXIS (bn_axis_name)
-        new_state = new_state.replace(batch_stats=updates['batch_stats'])
-    sums = _classification_sums(logits, labels, jnp.ones_like(labels))
-    count = jax.lax.psum(sums.pop('count'), AXIS)
-    step_metrics = {
-        'loss': jax.lax.pmean(loss, AXIS),
-        **{k.replace('_errors', '_error'): jax.lax.psum(v, AXIS) / count for k, v in sums.items()},
-        'learning_rate': optim.current_learning_rate(state.opt_state),
-        # Checked by the loop before anything is saved (no host sync per step). Parameters that
-        # turn non-finite show in the next step's loss; each checkpoint's are checked on the
-        # host as it is written (a pass over 61M parameters costs ~10% of a CPU step).
-        'finite': jnp.isfinite(loss),
-    }
-    return new_state, step_metrics
-
-
-def eval_step(
-    state: TrainState,
-    batch: dict[str, jax.Array],
-    *,
-    config: ml_collections.ConfigDict,
-    stats: input_pipeline.Stats,
-) -> dict[str, jax.Array]:
-    """Summed loss and error counts over this batch, all devices; padding masked out.
-
-    Ten-crop batches (``[B, 10, H, W, C]``) average the softmax over the crops (Section 4.1).
-    """
-    images = input_pipeline.device_preprocess(
-        batch, None, stats, config, train=False, dtype=compute_dtype(config)
-    )
-    variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    crops = images.shape[1] if images.ndim == 5 else 1
-    flat = images.reshape(-1, *images.shape[-3:])
-    probs = jax.nn.softmax(state.apply_fn(variables, flat, train=False))
-    probs = probs.reshape(-1, crops, probs.shape[-1]).mean(axis=1)
-    labels, mask = batch['label'], batch['mask']
-    true_prob = jnp.take_along_axis(probs, labels[:, None], axis=1)[:, 0]
-    sums = _classification_sums(probs, labels, mask)
-    sums['loss'] = jnp.sum(-jnp.log(jnp.maximum(true_prob, 1e-12)) * mask)
-    return jax.lax.psum(sums, AXIS)
-
-
-def pmap_steps(
-    config: ml_collections.ConfigDict,
-    stats: input_pipeline.Stats,
-    devices: list[jax.Device] | None = None,
-) -> tuple[Callable, Callable]:
-    """The two steps, ``pmap``-ed over local devices with the state unstacked (see parallel)."""
-    p_train = jax.pmap(
-        functools.partial(train_step, config=config, stats=stats),
-        axis_name=AXIS,
-        in_axes=(None, 0, None),
-        out_axes=(None, None),
-        donate_argnums=(0,),
-        devices=devices,
-    )
-    p_eval = jax.pmap(
-        functools.partial(eval_step, config=config, stats=stats),
-        axis_name=AXIS,
-        in_axes=(None, 0),
-        out_axes=None,
-        devices=devices,
-    )
-    return p_train, p_eval
-
-
-class Placement(NamedTuple):
-    """How the state and batches are laid out on the devices, and the steps that fit that."""
-
-    data_devices: int  # local data-parallel width: the pipeline's leading batch axis
-    place_state: Callable[[Any], Any]
-    place_batch: Callable[[Any], Any]
-    train_step: Callable  # (state, batch, rng) -> (state, metrics)
-    eval_step: Callable  # (state, batch) -> summed metrics
-
-
-def data_parallel(config: ml_collections.ConfigDict, stats: input_pipeline.Stats) -> Placement:
-    """Every local device holds the whole model and a slice of the batch (the default)."""
-    p_train, p_eval = pmap_steps(config, stats)
-    return Placement(jax.local_device_count(), parallel.replicate, parallel.shard, p_train, p_eval)
-
-
-def placement_for(config: ml_collections.ConfigDict, stats: input_pipeline.Stats) -> Placement:
+def placement_for(
+    config: ml_collections.ConfigDict, stats: input_pipeline.Stats
+) -> steps.Placement:
     if config.model_parallel_towers:  # Section 3.2: each tower on its own device
-        from alexnet_jax import towers
-
         return towers.placement(config, stats)
-    return data_parallel(config, stats)
+    return steps.data_parallel(config, stats)
 
 
 def evaluate(
-    placement: Placement,
-    state: TrainState,
+    placement: steps.Placement,
+    state: steps.TrainState,
     config: ml_collections.ConfigDict,
     *,
     stop: Callable[[], bool] = lambda: False,
@@ -259,7 +78,7 @@ def evaluate(
     return result
 
 
-def _maybe_update_plateau(state: TrainState, error: float, config) -> TrainState:
+def _maybe_update_plateau(state: steps.TrainState, error: float, config) -> steps.TrainState:
     if config.lr_schedule != 'plateau':
         return state
     plateau, divide = optim.update_plateau(state.plateau, error, config)
@@ -276,7 +95,7 @@ class _Run(NamedTuple):
 
     config: ml_collections.ConfigDict
     total: int
-    placement: Placement
+    placement: steps.Placement
     ckpt: checkpointing.Checkpointer
     writer: metrics.Writer
     progress: metrics.Progress
@@ -311,8 +130,10 @@ def _train_and_evaluate(config, workdir: str, lock) -> dict[str, Any]:
             return finished
         writer = metrics.Writer(workdir)
         stats = input_pipeline.load_stats(config)
-        model = models.create_model(config, dtype=compute_dtype(config)).clone(bn_axis_name=AXIS)
-        state = create_train_state(config, model, info.image_shape, steps_per_epoch)
+        model = models.create_model(config, dtype=steps.compute_dtype(config)).clone(
+            bn_axis_name=steps.AXIS
+        )
+        state = steps.create_train_state(config, model, info.image_shape, steps_per_epoch)
         state = ckpt.restore(state)
         if not ckpt.steps():  # a fresh run: config.init_from's parameters, if set
             state = finetune.load_initial_params(config, state)
@@ -360,15 +181,15 @@ def _finished_results(
     ckpt: checkpointing.Checkpointer, workdir: str, total: int
 ) -> dict[str, Any] | None:
     """The results of a run that already reached ``total`` and wrote them; else None."""
-    steps = ckpt.steps()
-    if not steps or steps[-1] < total:
+    saved = ckpt.steps()
+    if not saved or saved[-1] < total:
         return None
-    ckpt.check_config(steps[-1])  # the same network, or one error saying what differs
+    ckpt.check_config(saved[-1])  # the same network, or one error saying what differs
     results = metrics.read_results(workdir)
-    return results if results is not None and results.get('step') == steps[-1] else None
+    return results if results is not None and results.get('step') == saved[-1] else None
 
 
-def _loop(run: _Run, state: TrainState, start: int) -> dict[str, Any]:
+def _loop(run: _Run, state: steps.TrainState, start: int) -> dict[str, Any]:
     """The steps, read as named steps: train, maybe evaluate, maybe save, maybe stop."""
     config = run.config
     batches = parallel.prefetch(
@@ -413,7 +234,9 @@ def _evaluation_due(run: _Run, step: int) -> bool:
     return evaluates and 0 < step < run.total and step % run.config.eval_every_steps == 0
 
 
-def _evaluate_and_adapt(run: _Run, state: TrainState, step: int) -> tuple[TrainState, Any]:
+def _evaluate_and_adapt(
+    run: _Run, state: steps.TrainState, step: int
+) -> tuple[steps.TrainState, Any]:
     """A centre-crop evaluation, and the plateau rule applied to it; None if interrupted."""
     started = time.perf_counter()
     result = _run_evaluation(run, state, _center_crop(run.config))
@@ -427,7 +250,7 @@ def _evaluate_and_adapt(run: _Run, state: TrainState, step: int) -> tuple[TrainS
 
 
 def _run_evaluation(
-    run: _Run, state: TrainState, config: ml_collections.ConfigDict
+    run: _Run, state: steps.TrainState, config: ml_collections.ConfigDict
 ) -> dict[str, Any] | None:
     """:func:`evaluate` with progress shown, abandoned (None) when a signal asks to stop."""
     return evaluate(
@@ -446,7 +269,7 @@ def _eval_size(run: _Run, config: ml_collections.ConfigDict) -> int:
     return min(run.num_eval, -(-config.eval_num_examples // global_batch) * global_batch)
 
 
-def _check_finite(run: _Run, step: int | None = None, state: TrainState | None = None) -> Any:
+def _check_finite(run: _Run, step: int | None = None, state: steps.TrainState | None = None) -> Any:
     """Stops the run at the first step whose loss is not finite, or before saving a ``state``
     (of ``step``) whose parameters are not; returns the state on the host, ready to save."""
     bad, where = run.progress.check_finite(), 'at step'
@@ -466,7 +289,7 @@ def _check_finite(run: _Run, step: int | None = None, state: TrainState | None =
     return host_state
 
 
-def _save(run: _Run, step: int, state: TrainState, eval_result: dict | None = None) -> None:
+def _save(run: _Run, step: int, state: steps.TrainState, eval_result: dict | None = None) -> None:
     """A checkpoint of a state known to be finite; ranked by ``eval_result`` when given."""
     started = time.perf_counter()
     if not run.ckpt.has(step):  # a step already saved (and readable) is kept as it is
@@ -474,7 +297,7 @@ def _save(run: _Run, step: int, state: TrainState, eval_result: dict | None = No
     run.progress.exclude(time.perf_counter() - started)
 
 
-def _finish(run: _Run, state: TrainState, step: int) -> dict[str, Any]:
+def _finish(run: _Run, state: steps.TrainState, step: int) -> dict[str, Any]:
     """The final evaluation (``config.eval_crops``), the last checkpoint and results.json."""
     config = run.config
     _check_finite(run)
@@ -537,7 +360,7 @@ def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
 
 def load_trained_state(
     config: ml_collections.ConfigDict, workdir: str, step: int | None = None, best: bool = False
-) -> TrainState:
+) -> steps.TrainState:
     """The state of checkpoint ``step`` (or the best by validation error, or the newest).
 
     The restore target is built from shapes only: ``model.init`` is traced by
@@ -545,8 +368,8 @@ def load_trained_state(
     the parameters come back as numpy arrays.
     """
     info = input_pipeline.run_dataset_info(config, workdir)
-    model = models.create_model(config, dtype=compute_dtype(config))
-    state = jax.eval_shape(lambda: create_train_state(config, model, info.image_shape, 1))
+    model = models.create_model(config, dtype=steps.compute_dtype(config))
+    state = jax.eval_shape(lambda: steps.create_train_state(config, model, info.image_shape, 1))
     ckpt = checkpointing.Checkpointer(workdir, config, read_only=True)
     try:
         if best:

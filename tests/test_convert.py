@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from alexnet_jax import checkpointing, convert, finetune, models, optim, train
+from alexnet_jax import checkpointing, convert, finetune, models, optim, steps, train
 from configs import default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -596,7 +596,7 @@ def test_the_command_writes_a_run_directory_evaluate_can_restore(converted_dir, 
     np.testing.assert_allclose(stats['channel_mean'], [123.675, 116.28, 103.53], rtol=1e-6)
     np.testing.assert_allclose(stats['channel_std'], [58.395, 57.12, 57.375], rtol=1e-6)
     # load_trained_state's path, less the dataset lookup (ImageNet is not prepared here).
-    state = train.create_train_state(config, models.create_model(config), (224, 224, 3), 1)
+    state = steps.create_train_state(config, models.create_model(config), (224, 224, 3), 1)
     ckpt = checkpointing.Checkpointer(converted_dir, config, read_only=True)
     try:
         assert ckpt.steps() == [0]
@@ -641,7 +641,7 @@ def test_freeze_mask_names_unknown_layers():
 def test_init_from_another_network_is_one_error(converted_dir):
     config = default.get_config()
     config.model, config.image_size, config.init_from = 'paper', 227, converted_dir
-    state = train.create_train_state(config, models.create_model(config), (227, 227, 3), 1)
+    state = steps.create_train_state(config, models.create_model(config), (227, 227, 3), 1)
     with pytest.raises(ValueError, match=r"another network.*\['conv1'\]\['kernel'\]"):
         finetune.load_initial_params(config, state)
 

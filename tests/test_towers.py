@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from alexnet_jax import input_pipeline, lrn, models, optim, parallel, towers, train
+from alexnet_jax import input_pipeline, lrn, models, optim, parallel, steps, towers
 from configs import imagenet
 
 pytestmark = pytest.mark.skipif(
@@ -65,16 +65,16 @@ def setup():
     config = _config()
     stats = input_pipeline.load_stats(config)
     model = models.create_model(config)
-    host_state = jax.device_get(train.create_train_state(config, model, (227, 227, 3), 10))
+    host_state = jax.device_get(steps.create_train_state(config, model, (227, 227, 3), 10))
     rng = np.random.default_rng(0)
     batch = {
         'image': rng.integers(0, 256, (GLOBAL_BATCH, 227, 227, 3), dtype=np.uint8),
         'label': rng.integers(0, CLASSES, (GLOBAL_BATCH,), dtype=np.int32),
         'mask': np.ones((GLOBAL_BATCH,), np.bool_),
     }
-    # The reference: the single-device grouped model's own step (train.pmap_steps, 1 device).
+    # The reference: the single-device grouped model's own step (steps.pmap_steps, 1 device).
     one = jax.local_devices()[:1]
-    p_train, _ = train.pmap_steps(config, stats, one)
+    p_train, _ = steps.pmap_steps(config, stats, one)
     with nn.intercept_methods(_lrn_per_tower):
         ref_state, ref_metrics = p_train(
             parallel.replicate(_copy(host_state), one),
@@ -207,7 +207,7 @@ def test_eval_step_equals_single_device_eval_step(setup, two_devices, single_log
     state = placement.place_state(setup['host_state'])
     sums = placement.eval_step(state, placement.place_batch(_per_replica(setup['batch'], 1)))
     sums = jax.device_get(sums)
-    # train.eval_step's sums, from the reference logits.
+    # steps.eval_step's sums, from the reference logits.
     logits, labels = single_logits[0].astype(np.float64), setup['batch']['label']
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from alexnet_jax import input_pipeline, models, optim, parallel, train
+from alexnet_jax import input_pipeline, models, optim, parallel, steps, train
 from configs import fashion_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,7 +37,7 @@ def small_config(**overrides):
 def _state_and_batch(config, global_batch=8):
     shape = input_pipeline.get_dataset_info(config).image_shape
     model = models.create_model(config).clone(bn_axis_name=parallel.AXIS)
-    state = train.create_train_state(config, model, shape, steps=10)
+    state = steps.create_train_state(config, model, shape, steps=10)
     rng = np.random.default_rng(0)
     batch = {
         'image': rng.integers(0, 256, (global_batch, *shape), dtype=np.uint8),
@@ -48,7 +48,7 @@ def _state_and_batch(config, global_batch=8):
 
 def _run_step(config, state, batch, devices):
     stats = input_pipeline.load_stats(config)
-    p_train, _ = train.pmap_steps(config, stats, devices)
+    p_train, _ = steps.pmap_steps(config, stats, devices)
     n = len(devices)
     sharded = {k: v.reshape(n, -1, *v.shape[1:]) for k, v in batch.items()}
     new_state, metrics = p_train(
@@ -110,7 +110,7 @@ def test_train_step_compiles_once():
     config = small_config()
     state, batch = _state_and_batch(config)
     stats = input_pipeline.load_stats(config)
-    p_train, _ = train.pmap_steps(config, stats)
+    p_train, _ = steps.pmap_steps(config, stats)
     n = jax.local_device_count()
     batch = {k: np.repeat(v, n, axis=0).reshape(n, -1, *v.shape[1:]) for k, v in batch.items()}
     compiles = []
@@ -133,7 +133,7 @@ def test_one_device_step_updates_parameters_in_place():
     state, batch = _state_and_batch(config)
     stats = input_pipeline.load_stats(config)
     devices = jax.local_devices()[:1]
-    p_train, _ = train.pmap_steps(config, stats, devices)
+    p_train, _ = steps.pmap_steps(config, stats, devices)
     batch = {k: v[None] for k, v in batch.items()}
     state = parallel.replicate(jax.device_get(state), devices)
     hlo = p_train.lower(state, parallel.shard(batch, devices), jax.random.key(0)).compile()
@@ -163,7 +163,7 @@ def test_error_counts_equal_a_plain_numpy_ranking(num_classes):
     logits = rng.normal(size=(64, num_classes)).astype(np.float32)
     labels = rng.integers(0, num_classes, 64).astype(np.int32)
     mask = (rng.random(64) < 0.8).astype(np.int32)
-    sums = jax.device_get(train._classification_sums(logits, labels, mask))
+    sums = jax.device_get(steps._classification_sums(logits, labels, mask))
     # The rank of the true class among the scores, counted by hand.
     rank = (logits > logits[np.arange(64), labels][:, None]).sum(axis=1)
     assert sums['count'] == mask.sum()

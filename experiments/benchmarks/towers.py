@@ -3,7 +3,7 @@
 Both rows train the same grouped `paper` net (227x227, 1000 classes, dropout on) on the same
 global batch of synthetic uint8 images over the same fake CPU devices:
 
-  data_parallel  every device holds the whole net and 1/D of the batch (train.data_parallel)
+  data_parallel  every device holds the whole net and 1/D of the batch (steps.data_parallel)
   towers         device pairs hold one tower each, D/2 pairs split the batch (towers.placement)
 
 The step is compiled first and then timed over several rounds, the two placements alternating so
@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
 
-from alexnet_jax import input_pipeline, models, towers, train  # noqa: E402
+from alexnet_jax import input_pipeline, models, steps, towers  # noqa: E402
 from configs import imagenet  # noqa: E402
 
 
@@ -67,7 +67,7 @@ def _batch(config, devices: int) -> dict[str, np.ndarray]:
 class Runner:
     """One placement, its state and batch in place, its step compiled; ``time`` runs a round."""
 
-    def __init__(self, name: str, placement: train.Placement, host_state, config):
+    def __init__(self, name: str, placement: steps.Placement, host_state, config):
         self.name, self.placement = name, placement
         self.state = placement.place_state(jax.tree.map(np.array, host_state))
         self.batch = placement.place_batch(_batch(config, placement.data_devices))
@@ -94,9 +94,9 @@ def main(args: argparse.Namespace) -> None:
     config = _config(args.batch)
     stats = input_pipeline.load_stats(config)
     model = models.create_model(config)
-    host_state = jax.device_get(train.create_train_state(config, model, (227, 227, 3), 100))
+    host_state = jax.device_get(steps.create_train_state(config, model, (227, 227, 3), 100))
     runners = [
-        Runner('data_parallel', train.data_parallel(config, stats), host_state, config),
+        Runner('data_parallel', steps.data_parallel(config, stats), host_state, config),
         Runner('towers', towers.placement(config, stats), host_state, config),
     ]
     for _ in range(args.rounds):

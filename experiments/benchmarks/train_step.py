@@ -1,9 +1,9 @@
 """Images/s of a full training step: this project's ``pmap``-ed step against the same PyTorch net.
 
-Our side is exactly what training runs: ``train.pmap_steps(config, stats)`` on the
+Our side is exactly what training runs: ``steps.pmap_steps(config, stats)`` on the
 ``configs/imagenet.py`` config with ``dataset='synthetic'`` (one host batch made by numpy and
 placed once, so the step is measured, not the input pipeline), state created by
-``train.create_train_state`` and placed by ``parallel.replicate``. The step includes the on-device
+``steps.create_train_state`` and placed by ``parallel.replicate``. The step includes the on-device
 preprocessing (uint8 -> float, PCA colour noise, mean-image subtraction), the forward and backward
 pass, the ``pmean`` and Section 5's SGD update (momentum 0.9, weight decay 5e-4). Its worker
 process starts as ``main.py`` does: ``xla_cpu.keep_host_memory()`` first (on CPU, glibc keeps
@@ -71,7 +71,7 @@ class JaxRunner:
         # alexnet_jax/xla_cpu.py), exactly as a training run gets them; no other flag is set.
         import jax
 
-        from alexnet_jax import datasets, input_pipeline, models, parallel, train
+        from alexnet_jax import datasets, input_pipeline, models, parallel, steps
         from configs import imagenet
 
         self.jax = jax
@@ -84,16 +84,16 @@ class JaxRunner:
         self.rss_base = _rss_mib()
         devices = jax.local_device_count()
         stats = input_pipeline.load_stats(config)
-        model = models.create_model(config, dtype=train.compute_dtype(config))
-        model = model.clone(bn_axis_name=train.AXIS)
+        model = models.create_model(config, dtype=steps.compute_dtype(config))
+        model = model.clone(bn_axis_name=steps.AXIS)
         shape = (config.image_size, config.image_size, 3)
-        state = train.create_train_state(config, model, shape, steps=1)
+        state = steps.create_train_state(config, model, shape, steps=1)
         self.state = parallel.replicate(state)
         per_device = input_pipeline.per_device_batch(config.batch_size, devices, 1)
         batch = next(datasets.synthetic_train(config, devices, per_device, 0, 0))
         self.batch = parallel.shard(batch)
         self.rng = jax.random.key(config.seed + 1)
-        self.step, _ = train.pmap_steps(config, stats)
+        self.step, _ = steps.pmap_steps(config, stats)
         self.device = str(jax.devices()[0].device_kind)
         self.half = args.half
 
