@@ -670,9 +670,12 @@ def convert(source: str, path: str, workdir: str, variant: str | None = None) ->
 def main(argv: list[str]) -> None:
     from absl import flags
 
+    from alexnet_jax import runtime
+
     flags_ = flags.FLAGS
     if len(argv) != 3:
         sys.exit('usage: python -m alexnet_jax.convert torchvision|caffe FILE --workdir DIR')
+    runtime.configure()
     try:
         workdir = convert(argv[1], argv[2], flags_.workdir, flags_.model)
     except (FileNotFoundError, ValueError) as error:

@@ -221,10 +221,11 @@ def load_stats(config) -> Stats:
 def main(argv: list[str]) -> None:
     from absl import app, flags
 
-    from alexnet_jax import cli
+    from alexnet_jax import cli, runtime
 
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+    runtime.configure()
     cli.quiet_libraries()
     flags_ = flags.FLAGS
     config = flags_.config

@@ -12,7 +12,7 @@ import jax
 from absl import app, flags
 from etils import epath
 
-from alexnet_jax import cli
+from alexnet_jax import cli, runtime
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, "The training run's directory.", required=True)
@@ -26,6 +26,7 @@ flags.DEFINE_integer('eval_batch_size', None, 'Override the evaluation batch siz
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+    runtime.configure()
     cli.quiet_libraries()
     from alexnet_jax import input_pipeline, train
 

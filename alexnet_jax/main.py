@@ -135,9 +135,9 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
     config = FLAGS.config
-    from alexnet_jax import cli, xla_cpu
+    from alexnet_jax import cli, runtime
 
-    keeps_memory = xla_cpu.keep_host_memory()  # before anything starts threads
+    settings = runtime.configure(keep_host_memory=True)  # before anything starts threads
     code = 0
     try:
         initialize_distributed()
@@ -147,7 +147,7 @@ def main(argv: list[str]) -> None:
         cli.quiet_libraries()
         if jax.process_index() == 0:
             std_logging.getLogger('alexnet_jax').setLevel(std_logging.INFO)
-        if keeps_memory:
+        if settings.keeps_host_memory:
             log.info('CPU backend: host memory is reused between steps.')
         code = _train(config)
     except DistributedInitError as error:

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from alexnet_jax import cli
+from alexnet_jax import cli, runtime
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, "The training run's directory.", required=True)
@@ -130,6 +130,7 @@ def _as_input(image: np.ndarray, path: str, config, stored_hw) -> dict[str, np.n
 def main(argv: list[str]) -> None:
     if len(argv) < 2:
         raise app.UsageError('Name at least one image file or folder.')
+    runtime.configure()
     cli.quiet_libraries()
     from alexnet_jax import input_pipeline, train
 

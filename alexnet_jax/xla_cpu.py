@@ -1,9 +1,9 @@
 """Process settings that make training on XLA:CPU fast (issue 7; figures in experiments/RESULTS.md).
 
-Both must be in place before JAX starts its CPU backend. ``import alexnet_jax`` sets the XLA flag,
-so it has to come before the first JAX computation (``main.py``, the tests and the benchmarks do
-this). :func:`keep_host_memory` changes the whole process's malloc, so only the entry point calls
-it, first thing: ``main.py`` and the training-step benchmark.
+Both must be in place before JAX starts its CPU backend. Neither is applied on import:
+:func:`alexnet_jax.runtime.configure`, the first call of every entry point, applies the XLA flag,
+and the malloc settings where the entry point asks (training and the training-step benchmark),
+since :func:`keep_host_memory` changes the whole process.
 """
 
 import ctypes

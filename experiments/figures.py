@@ -240,8 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             sub.add_argument('--k', type=int, default=6, help='neighbours per test image')
             sub.add_argument('--train-subset', type=int, default=5000, help='training images')
     args = parser.parse_args(argv)
-    from alexnet_jax import cli
+    from alexnet_jax import cli, runtime
 
+    runtime.configure()
     cli.quiet_libraries()
     try:
         config, state = load_run(args.workdir, args.step)

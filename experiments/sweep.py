@@ -234,6 +234,9 @@ def _write_json(path: str, data: Any) -> None:
 
 def execute(runs: list[Run], sweep_dir: str) -> dict[str, str]:
     """Runs every unfinished run in order; returns name -> done | skipped | failed | stopped."""
+    from alexnet_jax import runtime
+
+    runtime.configure()  # before JAX starts: the settings alexnet_jax.main gives a run
     from alexnet_jax import train
 
     outcome: dict[str, str] = {}

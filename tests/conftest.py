@@ -9,7 +9,9 @@ os.environ['XLA_FLAGS'] = (
 
 import pytest
 
-import alexnet_jax  # noqa: F401  (sets XLA:CPU's flags before any test starts a backend)
+from alexnet_jax import runtime
+
+runtime.configure()  # XLA:CPU's flags, as the commands set them, before any test starts JAX
 
 FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
 FASHION_MNIST_APT = 'apt-get install dataset-fashion-mnist'

@@ -6,7 +6,7 @@ connected layer and each max-pool, at the step's batch size, float32, on CPU. Ou
 the model uses (``ops.split_grouped_conv``, ``ops.dense``, ``ops.max_pool``), jitted one at a
 time; PyTorch's are ``conv2d`` and ``torch.nn.grad``, ``linear`` and ``max_pool2d`` (channels
 last, its faster layout for pooling). Both run in this process, alternating, after
-``xla_cpu.keep_host_memory()``, so that neither pays for fresh pages.
+``runtime.configure(keep_host_memory=True)``, so that neither pays for fresh pages.
 
     python experiments/benchmarks/layers.py [--variant owt|paper] [--batch 32] [--repeats 7]
 
@@ -22,9 +22,9 @@ from collections.abc import Callable
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 sys.path.insert(0, ROOT)
 
-from alexnet_jax import xla_cpu  # noqa: E402  (first: the malloc settings, then JAX)
+from alexnet_jax import runtime  # noqa: E402
 
-xla_cpu.keep_host_memory()
+runtime.configure(keep_host_memory=True)  # first: the process settings a training run has
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -18,13 +18,15 @@ import sys
 import time
 from collections.abc import Callable
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
-import jax
-import jax.numpy as jnp
-import numpy as np
-
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
+from alexnet_jax import runtime  # noqa: E402
+
+runtime.configure()  # first: XLA's and TensorFlow's settings, as a training run has them
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
 from alexnet_jax.lrn import lrn  # noqa: E402
 
 SIZE, K, ALPHA, BETA = 5, 2.0, 1e-4, 0.75  # Section 3.3

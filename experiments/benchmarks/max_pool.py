@@ -19,9 +19,9 @@ import sys
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 sys.path.insert(0, ROOT)
 
-from alexnet_jax import xla_cpu  # noqa: E402  (first: the malloc settings, then JAX)
+from alexnet_jax import runtime  # noqa: E402
 
-xla_cpu.keep_host_memory()
+runtime.configure(keep_host_memory=True)  # first: the process settings a training run has
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402

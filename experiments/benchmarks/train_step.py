@@ -6,8 +6,8 @@ placed once, so the step is measured, not the input pipeline), state created by
 ``steps.create_train_state`` and placed by ``parallel.replicate``. The step includes the on-device
 preprocessing (uint8 -> float, PCA colour noise, mean-image subtraction), the forward and backward
 pass, the ``pmean`` and Section 5's SGD update (momentum 0.9, weight decay 5e-4). Its worker
-process starts as ``main.py`` does: ``xla_cpu.keep_host_memory()`` first (on CPU, glibc keeps
-freed memory for the next step), then ``import alexnet_jax`` (XLA:CPU's YNNPACK fusions).
+process starts as ``main.py`` does: ``runtime.configure(keep_host_memory=True)`` first (on CPU,
+glibc keeps freed memory for the next step, and XLA:CPU's YNNPACK fusions are on).
 
 The PyTorch side is the same architecture written here: grouped convolutions (``groups=2``) for
 ``paper``, ``nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2)`` (PyTorch divides alpha by the
@@ -67,8 +67,8 @@ def _reply(obj: dict) -> None:
 
 class JaxRunner:
     def __init__(self, args: argparse.Namespace, variant: str):
-        # Importing alexnet_jax before any computation turns on XLA:CPU's YNNPACK fusions (see
-        # alexnet_jax/xla_cpu.py), exactly as a training run gets them; no other flag is set.
+        # runtime.configure() ran first (see worker()): XLA:CPU's YNNPACK fusions are on, exactly
+        # as a training run gets them; no other flag is set.
         import jax
 
         from alexnet_jax import datasets, input_pipeline, models, parallel, steps
@@ -245,13 +245,15 @@ def worker(args: argparse.Namespace) -> None:
     sys.path.insert(0, ROOT)
     os.chdir(ROOT)
     sys.stdout = sys.stderr  # keep stdout for replies
-    keeps_memory = False
-    if args.worker == 'jax' or args.torch_keep_host_memory:
-        # First thing in the process, as main.py does for a training run (our side only, unless
-        # asked: PyTorch's default is glibc's default).
-        from alexnet_jax import xla_cpu
+    # First thing in the process, as main.py does for a training run. The malloc settings on
+    # our side only, unless asked: PyTorch's default is glibc's default.
+    from alexnet_jax import runtime, xla_cpu
 
-        keeps_memory = xla_cpu.keep_host_memory()
+    keep = args.worker == 'jax' or args.torch_keep_host_memory
+    if args.worker == 'jax':
+        keeps_memory = runtime.configure(keep_host_memory=keep).keeps_host_memory
+    else:
+        keeps_memory = xla_cpu.keep_host_memory() if keep else False
     runner_cls = JaxRunner if args.worker == 'jax' else TorchRunner
     runner = runner_cls(args, args.variant)
     _reply({'ready': True, 'device': runner.device, 'keeps_host_memory': keeps_memory})

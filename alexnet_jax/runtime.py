@@ -1,0 +1,54 @@
+"""Process settings, made once by each entry point: nothing in ``alexnet_jax`` sets them on import.
+
+:func:`configure` is the first call of every command (train, evaluate, predict, dataset-stats,
+convert), benchmark and sweep, before JAX or TensorFlow start. A notebook that imports
+``alexnet_jax.models`` gets a plain process; calling ``runtime.configure()`` first gives it the
+settings a training run has.
+"""
+
+import contextlib
+import dataclasses
+import os
+
+from alexnet_jax import xla_cpu
+
+# tf.data (through tensorflow-datasets) logs C++ warnings on every run; errors only by default.
+TF_LOG_LEVEL_ENV = 'TF_CPP_MIN_LOG_LEVEL'
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What :func:`configure` did, for the log and the benchmarks' records."""
+
+    on_cpu: bool  # JAX will run on its CPU backend
+    ynn_fusions: bool  # XLA:CPU's YNNPACK dot fusions requested (see xla_cpu.py)
+    keeps_host_memory: bool  # glibc keeps freed memory (see xla_cpu.keep_host_memory)
+
+
+def configure(*, keep_host_memory: bool = False) -> Settings:
+    """Sets this process up as a training run has it; call before JAX or TensorFlow start.
+
+    - XLA:CPU's YNNPACK fusions for convolutions and matrix products (only where JAX runs on
+      the CPU; a value the user set in ``XLA_FLAGS`` is kept). XLA reads its flags once, when
+      JAX starts its first backend, so a later call no longer changes JAX.
+    - TensorFlow's C++ logs at errors only (a value the user set is kept).
+    - On an accelerator host, TensorFlow (used only for the input pipeline) sees no GPU, so it
+      does not take the memory JAX needs.
+    - With ``keep_host_memory``, glibc's malloc keeps freed memory for reuse (CPU only; changes
+      the whole process, so only a command that trains asks for it, first thing).
+    """
+    on_cpu = xla_cpu.runs_on_cpu()
+    os.environ.setdefault(TF_LOG_LEVEL_ENV, '2')
+    xla_cpu.set_ynn_flag()
+    keeps = xla_cpu.keep_host_memory() if keep_host_memory else False
+    if not on_cpu:
+        _hide_gpus_from_tensorflow()
+    return Settings(on_cpu, xla_cpu.YNN_FLAG in os.environ.get('XLA_FLAGS', ''), keeps)
+
+
+def _hide_gpus_from_tensorflow() -> None:
+    import tensorflow as tf
+
+    # RuntimeError: TensorFlow already initialised its devices (then hidden before, or none seen).
+    with contextlib.suppress(RuntimeError):
+        tf.config.set_visible_devices([], 'GPU')

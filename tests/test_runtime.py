@@ -1,0 +1,111 @@
+"""Importing alexnet_jax changes nothing in the process; runtime.configure() makes the settings."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from alexnet_jax import xla_cpu
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Imports the named modules of alexnet_jax in a fresh interpreter, after the third-party
+# libraries they use, and prints what changed: environment variables, and sys.modules keys
+# bound to a module of another name (a patch such as sys.modules['x'] = y).
+_IMPORT_SCRIPT = """
+import importlib, json, os, sys
+import flax, jax, ml_collections, optax, orbax.checkpoint, tensorflow, tensorflow_datasets
+
+def aliases():
+    return {k for k, m in list(sys.modules.items()) if getattr(m, '__name__', k) != k}
+
+env, before = dict(os.environ), aliases()
+for name in sys.argv[1:]:
+    importlib.import_module('alexnet_jax.' + name)
+changed = {k: v for k, v in os.environ.items() if env.get(k) != v}
+removed = sorted(set(env) - set(os.environ))
+print(json.dumps({'changed': changed, 'removed': removed,
+                  'aliases': sorted(aliases() - before)}))
+"""
+
+
+def _modules() -> list[str]:
+    names = sorted(
+        f[:-3] for f in os.listdir(os.path.join(ROOT, 'alexnet_jax')) if f.endswith('.py')
+    )
+    return [n for n in names if n != '__init__']
+
+
+def _clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'TF_CPP_MIN_LOG_LEVEL')}
+    env['JAX_PLATFORMS'] = 'cpu'
+    return env
+
+
+def _import_in_fresh_process(names: list[str]) -> dict:
+    out = subprocess.run(
+        [sys.executable, '-c', _IMPORT_SCRIPT, *names],
+        env=_clean_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_importing_any_module_leaves_the_process_untouched():
+    modules = _modules()
+    assert {'models', 'train', 'datasets', 'main', 'runtime'} <= set(modules)
+    # evaluate and predict define the same absl flags as main: each in its own interpreter.
+    own_process = {'evaluate', 'predict'}
+    groups = [[n for n in modules if n not in own_process]] + [[n] for n in sorted(own_process)]
+    for group in groups:
+        result = _import_in_fresh_process(group)
+        assert result == {'changed': {}, 'removed': [], 'aliases': []}, (group, result)
+
+
+_CONFIGURE_SCRIPT = """
+import json, os
+from alexnet_jax import runtime
+settings = runtime.configure()
+print(json.dumps({'xla': os.environ.get('XLA_FLAGS', ''),
+                  'tf': os.environ.get('TF_CPP_MIN_LOG_LEVEL'),
+                  'ynn': settings.ynn_fusions, 'on_cpu': settings.on_cpu}))
+"""
+
+
+def _configure(extra_env: dict[str, str]) -> dict:
+    out = subprocess.run(
+        [sys.executable, '-c', _CONFIGURE_SCRIPT],
+        env={**_clean_env(), **extra_env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_configure_sets_the_cpu_flags_and_keeps_the_users_own():
+    plain = _configure({})
+    assert plain == {'xla': f'{xla_cpu.YNN_FLAG}=dot', 'tf': '2', 'ynn': True, 'on_cpu': True}
+    # A user's own values are kept: their XLA flags (the YNN flag added), their TF log level,
+    # and an explicit choice of the YNN fusions.
+    mine = _configure(
+        {'XLA_FLAGS': '--xla_cpu_enable_fast_math=false', 'TF_CPP_MIN_LOG_LEVEL': '0'}
+    )
+    assert mine['xla'] == f'--xla_cpu_enable_fast_math=false {xla_cpu.YNN_FLAG}=dot'
+    assert mine['tf'] == '0'
+    off = _configure({'XLA_FLAGS': f'{xla_cpu.YNN_FLAG}='})
+    assert off['xla'] == f'{xla_cpu.YNN_FLAG}='
+
+
+@pytest.mark.parametrize('platform', ['cuda', 'tpu'])
+def test_configure_sets_no_cpu_flag_for_an_accelerator(platform):
+    result = _configure({'JAX_PLATFORMS': platform})
+    assert result['xla'] == '' and result['on_cpu'] is False
