@@ -1,5 +1,6 @@
 """Shared fixtures, and four fake CPU devices so every multi-device code path runs in tests."""
 
+import fcntl
 import os
 
 # Before anything imports jax: the pmapped step, towers and multi-host tests need devices.
@@ -31,5 +32,9 @@ def fashion_mnist_data_dir() -> str:
     prepared = os.path.exists(os.path.join(data_dir, 'fashion_mnist'))
     if not prepared and not all(os.path.exists(os.path.join(FASHION_MNIST_DIR, n)) for n in names):
         pytest.skip(f'Fashion-MNIST IDX files not in {FASHION_MNIST_DIR}: {FASHION_MNIST_APT}')
-    datasets.prepare_fashion_mnist(data_dir)
+    os.makedirs(data_dir, exist_ok=True)
+    # pytest -n N: one worker prepares, the others wait for it and then find it prepared.
+    with open(os.path.join(data_dir, '.fashion_mnist.lock'), 'w') as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        datasets.prepare_fashion_mnist(data_dir)
     return data_dir
