@@ -8,7 +8,9 @@ settings a training run has.
 
 import contextlib
 import dataclasses
+import importlib.util
 import os
+import sys
 
 from alexnet_jax import xla_cpu
 
@@ -31,7 +33,10 @@ def configure(*, keep_host_memory: bool = False) -> Settings:
     - XLA:CPU's YNNPACK fusions for convolutions and matrix products (only where JAX runs on
       the CPU; a value the user set in ``XLA_FLAGS`` is kept). XLA reads its flags once, when
       JAX starts its first backend, so a later call no longer changes JAX.
-    - TensorFlow's C++ logs at errors only (a value the user set is kept).
+    - TensorFlow's C++ logs at errors only (a value the user set is kept), and TensorFlow
+      imported once with its start-up lines dropped: TensorFlow 2.21 prints "oneDNN custom
+      operations are on" at import on some CPUs whatever ``TF_CPP_MIN_LOG_LEVEL`` says
+      (tensorflow/tensorflow#100442), and every command loads it for its input pipeline.
     - On an accelerator host, TensorFlow (used only for the input pipeline) sees no GPU, so it
       does not take the memory JAX needs.
     - With ``keep_host_memory``, glibc's malloc keeps freed memory for reuse (CPU only; changes
@@ -41,9 +46,26 @@ def configure(*, keep_host_memory: bool = False) -> Settings:
     os.environ.setdefault(TF_LOG_LEVEL_ENV, '2')
     xla_cpu.set_ynn_flag()
     keeps = xla_cpu.keep_host_memory() if keep_host_memory else False
+    _import_tensorflow_quietly()
     if not on_cpu:
         _hide_gpus_from_tensorflow()
     return Settings(on_cpu, xla_cpu.YNN_FLAG in os.environ.get('XLA_FLAGS', ''), keeps)
+
+
+def _import_tensorflow_quietly() -> None:
+    """``import tensorflow`` with the C++ lines it writes to stderr meanwhile dropped."""
+    if 'tensorflow' in sys.modules or importlib.util.find_spec('tensorflow') is None:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _hide_gpus_from_tensorflow() -> None:

@@ -175,14 +175,3 @@ def test_keep_host_memory_only_for_the_cpu_backend():
     )
     assert _run_python(code, JAX_PLATFORMS='cuda,cpu').split() == ['False', 'False']
     assert _run_python(code, JAX_PLATFORMS='cpu').split()[0] == 'True'
-
-
-def test_package_turns_on_ynn_fusions_but_keeps_a_users_value():
-    code = 'import os, alexnet_jax; print(os.environ.get("XLA_FLAGS", "unset"))'
-    assert _run_python(code, JAX_PLATFORMS='cpu').split() == [
-        '--xla_cpu_experimental_ynn_fusion_type=dot'
-    ]
-    off = '--xla_cpu_experimental_ynn_fusion_type='
-    assert _run_python(code, JAX_PLATFORMS='cpu', XLA_FLAGS=off).split() == [off]
-    # On an accelerator the CPU flag is left out (a newer jaxlib may not know it).
-    assert _run_python(code, JAX_PLATFORMS='cuda').split() == ['unset']
