@@ -160,33 +160,40 @@ _INITS = {'paper': layers.paper_init, 'modern': layers.modern_init}
 
 
 @functools.cache
-def _layers(
-    backend: str, tower_axis: str | None, norm: str, lrn_groups: int, pooling: str
-) -> dict[str, Any]:
-    """The injected layers, built once per choice so that equal models compare equal."""
+def _shared(fn: Callable, **kwargs: Any) -> functools.partial:
+    """``functools.partial(fn, **kwargs)``, one object per arguments: equal models compare equal
+    (a partial compares by identity), so a step compiled for one is reused for the other."""
+    return functools.partial(fn, **kwargs)
+
+
+def _layers(backend: str, tower_axis: str | None, spec: specs.ModelSpec) -> dict[str, Any]:
+    """The injected layers for ``spec`` on ``backend``, as one tower's share if ``tower_axis``."""
     kernels = layers.kernels_for(backend)
     towers = 1 if tower_axis is None else specs.TOWERS
+    lrn_groups = specs.TOWERS if spec.tower_local_lrn and tower_axis is None else 1
     norms = {
-        'lrn': functools.partial(layers.local_response_norm, groups=lrn_groups),
+        'lrn': _shared(layers.local_response_norm, groups=lrn_groups),
         'bn': layers.batch_norm,
         'none': None,
     }
     built = {
-        'conv': functools.partial(
+        'conv': _shared(
             layers.Conv2D,
             conv_general_dilated=kernels.conv,
             add_bias=kernels.add_bias,
             towers=towers,
         ),
-        'dense': functools.partial(
+        'dense': _shared(
             layers.Dense, dense=kernels.dense, add_bias=kernels.add_bias, towers=towers
         ),
-        'pool': functools.partial(_POOLS[pooling], max_pool=kernels.max_pool),
-        'norm': norms[norm],
+        'pool': _shared(_POOLS[spec.pooling], max_pool=kernels.max_pool),
+        'norm': norms[spec.norm],
+        'activation': _ACTIVATIONS[spec.activation],
+        'initializers': _INITS[spec.init_scheme],
     }
     if tower_axis is not None:
-        built['dropout'] = functools.partial(layers.TowerDropout, axis_name=tower_axis)
-        built['exchange'] = functools.partial(layers.gather_towers, axis_name=tower_axis)
+        built['dropout'] = _shared(layers.TowerDropout, axis_name=tower_axis)
+        built['exchange'] = _shared(layers.gather_towers, axis_name=tower_axis)
     return built
 
 
@@ -200,8 +207,6 @@ def from_spec(
     channels. On one device, ``spec.tower_local_lrn`` splits LRN the same way.
     """
     backend = jax.default_backend() if backend is None else backend
-    lrn_groups = specs.TOWERS if spec.tower_local_lrn and tower_axis is None else 1
-    injected = _layers(backend, tower_axis, spec.norm, lrn_groups, spec.pooling)
     return AlexNet(
         convs=spec.convs,
         hidden=spec.hidden,
@@ -213,11 +218,9 @@ def from_spec(
         norm_after_pool=spec.norm_after_pool,
         dropout_rate=spec.dropout_rate,
         dropout_before_fc=spec.dropout_before_fc,
-        activation=_ACTIVATIONS[spec.activation],
-        initializers=_INITS[spec.init_scheme],
         dtype=jnp.dtype(spec.compute_dtype),
         variant=spec.variant,
-        **injected,
+        **_layers(backend, tower_axis, spec),
     )
 
 
