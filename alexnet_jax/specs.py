@@ -202,12 +202,6 @@ def model_spec(variant: str, **fields: Any) -> ModelSpec:
         f'config.dropout_rate must be in [0, 1), got {spec.dropout_rate}.',
     )
     _require(spec.num_classes > 0, f'config.num_classes={spec.num_classes} must be positive.')
-    if spec.tower_local_lrn:
-        _require(
-            spec.groups == TOWERS,
-            f'config.tower_local_lrn=True normalises within each of the {TOWERS} towers, so it '
-            f'needs groups={TOWERS}; got groups={spec.groups}.',
-        )
     if spec.model_parallel_towers:
         _require(
             variant == 'paper' and spec.groups == TOWERS,
@@ -227,6 +221,12 @@ def model_spec(variant: str, **fields: Any) -> ModelSpec:
             spec.tower_local_lrn or spec.norm != 'lrn',
             "config.model_parallel_towers=True runs LRN within each tower (as the paper's two "
             'GPUs did); config.tower_local_lrn=False cannot be placed on two devices.',
+        )
+    if spec.tower_local_lrn:
+        _require(
+            spec.groups == TOWERS,
+            f'config.tower_local_lrn=True normalises within each of the {TOWERS} towers, so it '
+            f'needs groups={TOWERS}; got groups={spec.groups}.',
         )
     return spec
 
