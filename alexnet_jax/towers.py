@@ -192,8 +192,10 @@ def placement(
     if jax.process_count() > 1:
         raise ConfigError('config.model_parallel_towers=True runs on one host (process) for now.')
     devices = list(devices or jax.local_devices())
-    specs.resolve_model(config)  # the tower model's own checks (paper, no bn, even classes)
-    specs.check_devices(config, len(devices), len(devices))
+    as_towers = config.copy_and_resolve_references()  # even if the switch is off (benchmarks)
+    as_towers.model_parallel_towers = True
+    specs.resolve_model(as_towers)  # the tower model's own checks (paper, no bn, even classes)
+    specs.check_devices(as_towers, len(devices), len(devices))
     mesh = create_mesh(devices)
     train_step, eval_step = make_steps(config, stats, mesh)
 
