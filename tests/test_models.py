@@ -423,6 +423,20 @@ def test_norm_switch_places_lrn_after_relu_and_before_pool(norm):
         assert not np.allclose(stages['pool1'], _max_pool(stages['conv1'], 3), rtol=1e-4)
 
 
+def test_tower_local_lrn_normalises_each_towers_half_on_one_device():
+    """Section 3.2's LRN within each GPU's maps, as a switch of the one-device model."""
+    model = alexnet('small', num_classes=10, tower_local_lrn=True)
+    variables, images = _small_variables(), _images()  # no parameters change
+    _, stages = _forward(model, variables, images, train=False)
+    for i in (1, 2):
+        x = stages[f'conv{i}']
+        halves = jnp.split(x, 2, axis=-1)
+        per_tower = jnp.concatenate([lrn(h) for h in halves], axis=-1)
+        np.testing.assert_allclose(stages[f'pool{i}'], _max_pool(per_tower, 3), rtol=1e-6)
+    _, plain = _forward(alexnet('small', num_classes=10), variables, images, train=False)
+    assert not np.allclose(stages['pool1'], plain['pool1'], rtol=1e-6, atol=0)
+
+
 def test_norm_switch_changes_the_variables_and_logits():
     images = _images()
     lrn_vars, none_vars, bn_vars = (_small_variables(norm=n) for n in ('lrn', 'none', 'bn'))
