@@ -7,13 +7,13 @@ interpreting config fields. :func:`resolve` raises :class:`ConfigError` naming t
 
 The variants (1000 classes; parameter counts are asserted in ``tests/test_models.py``):
 
-  variant       input  convs (output features)   norm (after)     groups  init    other
-  paper         227    96-256-384-384-256        lrn (1, 2)       2       paper
-  single_tower  227    96-256-384-384-256        lrn (1, 2)       1       paper
-  caffenet      227    96-256-384-384-256        lrn (1, 2)       2       paper   pool, then LRN
-  owt           224    64-192-384-256-256        none             1       paper   dropout before fc
-  bn            227    96-256-384-384-256        bn (1, 2, 3, 4, 5) 1     paper
-  small       28/32    32-64-96-96-64, fc 512    lrn (1, 2)       2       modern  pools 1, 2 SAME
+  variant       input  conv features, fc6/7      norm after    groups  init    other
+  paper         227    96-256-384-384-256, 4096  lrn: 1, 2     2       paper
+  single_tower  227    96-256-384-384-256, 4096  lrn: 1, 2     1       paper
+  caffenet      227    96-256-384-384-256, 4096  lrn: 1, 2     2       paper   pool, then LRN
+  owt           224    64-192-384-256-256, 4096  none          1       paper   dropout before fc
+  bn            227    96-256-384-384-256, 4096  bn: 1 ... 5   1       paper
+  small       28/32    32-64-96-96-64, 512       lrn: 1, 2     2       modern  pools 1, 2 pad
 
 Every variant pools with overlapping 3x3/2 windows, applies ReLU and drops out at 0.5 by default.
 Nothing here depends on the machine: the device checks are :func:`check_devices`, called where
