@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from alexnet_jax.lrn import lrn
-from alexnet_jax.models import VARIANTS, param_count
+from alexnet_jax.models import VARIANTS, create_model, param_count
 from alexnet_jax.models import variant as alexnet
 from alexnet_jax.ops import split_grouped_conv
+from configs import fashion_mnist
 
 LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
 INPUT_SIZE = {'paper': 227, 'single_tower': 227, 'caffenet': 227, 'owt': 224, 'bn': 227}
@@ -250,8 +251,9 @@ def test_the_kernels_of_every_backend_give_the_same_logits_and_gradients(backend
     """create_model's kernel choice: the CPU kernels (split groups, dense as a 1x1 convolution,
     bias gradient as a product, max-pool gradient by phases) against those of ``backend``."""
     variables, images = _small_variables(), _images(batch=3)
-    cpu = alexnet('small', num_classes=10, backend='cpu')
-    other = alexnet('small', num_classes=10, backend=backend)
+    config = fashion_mnist.get_config()  # the small net, 10 classes
+    cpu = create_model(config, backend='cpu')
+    other = create_model(config, backend=backend)
     assert cpu.conv != other.conv  # really two kernel sets
     labels = jnp.arange(3) % 10
 
