@@ -27,13 +27,13 @@ tower index), and this module only places it.
 One deliberate difference from the single-device ``paper`` model by default: LRN (Section 3.3)
 runs within each tower (``config.tower_local_lrn``, on with the towers and available on one
 device too), over its own 48 (conv1) or 128 (conv2) channels, as on the paper's two GPUs
-(each GPU normalised its own maps). The single-device model normalises over all
-96/256 channels at once, as Caffe does, so the two channels on either side of the tower boundary
-see two neighbours more there. No parameters are involved; the forward passes agree to float
-precision with a single-device model with ``tower_local_lrn``, and differ from the plain one
-by about 1e-4 (relative, logits) at the paper's initialisation on mean-subtracted 0-255 pixels.
-Matching the single-device
-LRN exactly would need a third exchange of activations that the paper does not have.
+(each GPU normalised its own maps). The plain single-device model normalises over all 96/256
+channels at once, as Caffe does, so the two channels on either side of the tower boundary see
+two neighbours more there. No parameters are involved; the forward passes agree to float
+precision with a single-device model with ``tower_local_lrn``, and differ from the plain one by
+about 1e-4 (relative, logits) at the paper's initialisation on mean-subtracted 0-255 pixels.
+Matching the plain model's LRN would need a third exchange of activations that the paper does
+not have.
 
 Why ``jax.shard_map`` over a 2-D ``Mesh`` rather than nested ``pmap``: in JAX 0.10 ``pmap`` is
 itself ``jit(shard_map)`` over a 1-D mesh; nesting two of them means stacked per-device arrays and
