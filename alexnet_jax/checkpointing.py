@@ -28,7 +28,7 @@ from etils import epath
 from flax import serialization
 from jax.experimental import multihost_utils
 
-from alexnet_jax import models, parallel
+from alexnet_jax import parallel, specs
 
 log = logging.getLogger(__name__)
 
@@ -44,26 +44,15 @@ class CheckpointWriteError(RuntimeError):
 
 
 def network_fields(config: ml_collections.ConfigDict) -> frozenset[str]:
-    """The config fields that define the network: exactly those ``models.create_model`` reads.
-
-    Derived by reading the config through a recorder, so a new model switch is checked on
-    resume without anyone remembering to list it here.
-    """
-    read: set[str] = set()
-
-    class Recorder:
-        def __getattr__(self, name: str) -> Any:
-            read.add(name)
-            return config[name]
-
-    models.create_model(Recorder())
-    return frozenset(read)
+    """The config fields that define the network: those ``specs.resolve_model`` reads for
+    :meth:`~alexnet_jax.specs.ModelSpec.network` (model, classes, the variant's switches)."""
+    del config  # the same fields for every config
+    return frozenset(specs.NETWORK_CONFIG_FIELDS)
 
 
-def _network(config: ml_collections.ConfigDict) -> tuple[Any, int]:
+def _network(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """What the network is, independent of how the config spells it (None vs the preset)."""
-    model = models.create_model(config)
-    return model.spec, model.num_classes
+    return specs.resolve_model(config).network()
 
 
 class Checkpointer:
@@ -254,7 +243,10 @@ class Checkpointer:
             saved_config = self.config.copy_and_resolve_references()
             with saved_config.unlocked():
                 saved_config.update({k: v for k, v in saved.items() if k in saved_config})
-            same_network = _network(saved_config) == _network(self.config)
+            try:
+                same_network = _network(saved_config) == _network(self.config)
+            except specs.ConfigError:  # the saved fields do not even make a network here
+                same_network = False
             if same_network and 'dataset' not in fatal:
                 fatal = []
         if fatal:

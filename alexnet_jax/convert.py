@@ -195,8 +195,8 @@ def _expected_shapes(variant: str, num_classes: int) -> dict[str, dict[str, tupl
 
     from alexnet_jax import models
 
-    model = models.AlexNet(variant=variant, num_classes=num_classes)
-    size = models.VARIANTS[variant].input_sizes[0]
+    model = models.variant(variant, num_classes=num_classes)
+    size = model.input_sizes[0]
     shapes = jax.eval_shape(
         lambda: model.init(jax.random.key(0), np.zeros((1, size, size, 3), np.float32), train=False)
     )['params']
@@ -422,7 +422,7 @@ def read_caffemodel(path: str) -> list[dict[str, Any]]:
     return layers
 
 
-# Our LRN (models.AlexNet._normalize): Section 3.3's k = 2, n = 5, alpha = 1e-4, beta = 0.75,
+# Our LRN (layers.local_response_norm): Section 3.3's k = 2, n = 5, alpha = 1e-4, beta = 0.75,
 # alpha not divided by n.
 MODEL_LRN = {'size': 5, 'k': 2.0, 'alpha': 1e-4, 'beta': 0.75}
 

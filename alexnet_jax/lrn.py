@@ -131,13 +131,23 @@ def from_pytorch(
 
 
 class LRN(nn.Module):
-    """:func:`lrn` as a Flax layer (no parameters)."""
+    """:func:`lrn` as a Flax layer (no parameters).
+
+    ``groups`` > 1 normalises each of that many equal slices of the channels on its own, as
+    each of the paper's two GPUs normalised its own tower's maps (Section 3.2): a channel next
+    to a slice boundary does not see the other slice's channels.
+    """
 
     size: int = 5
     k: float = 2.0
     alpha: float = 1e-4
     beta: float = 0.75
+    groups: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return lrn(x, self.size, self.k, self.alpha, self.beta)
+        if self.groups == 1:
+            return lrn(x, self.size, self.k, self.alpha, self.beta)
+        slices = jnp.split(x, self.groups, axis=-1)
+        normalised = [lrn(s, self.size, self.k, self.alpha, self.beta) for s in slices]
+        return jnp.concatenate(normalised, axis=-1)

@@ -1,10 +1,12 @@
 """Convolution, dense layer, bias and max-pooling formulated for speed on XLA:CPU (and GPU).
 
 Same values as ``lax.conv_general_dilated``, ``x @ kernel``, ``y + bias`` and ``nn.max_pool``
-(which other backends run as they are; the max-pool gradient is also faster on GPU), and the
-same gradients up to float rounding (``tests/test_ops.py``); only how XLA runs them differs.
-On CPU they assume the YNNPACK fusions that ``alexnet_jax/xla_cpu.py`` turns on. What each
-change bought is measured in ``experiments/RESULTS.md`` (issue 7).
+(:func:`plain_dense` and :func:`plain_max_pool` here, which other backends run as they are; the
+max-pool gradient is also faster on GPU), and the same gradients up to float rounding
+(``tests/test_ops.py``); only how XLA runs them differs. Nothing here looks at the backend:
+``models.create_model`` picks the kernels for it once (``layers.kernels_for``). On CPU they
+assume the YNNPACK fusions that ``alexnet_jax/xla_cpu.py`` turns on. What each change bought is
+measured in ``experiments/RESULTS.md`` (issue 7).
 """
 
 import functools
@@ -25,7 +27,7 @@ def split_grouped_conv(lhs: jax.Array, rhs: jax.Array, *args: Any, **kwargs: Any
     ``nn.Conv`` uses.
     """
     groups = kwargs.pop('feature_group_count', 1)
-    if groups == 1 or jax.default_backend() != 'cpu':
+    if groups == 1:
         return jax.lax.conv_general_dilated(lhs, rhs, *args, feature_group_count=groups, **kwargs)
     xs = jnp.split(lhs, groups, axis=-1)
     ws = jnp.split(rhs, groups, axis=-1)
@@ -45,9 +47,12 @@ def dense(x: jax.Array, kernel: jax.Array) -> jax.Array:
     claimed its dots, so the forward goes to Eigen; the custom gradient keeps the backward in
     YNNPACK (JAX 0.10.2).
     """
-    if jax.default_backend() != 'cpu':
-        return jax.lax.dot_general(x, kernel, (((1,), (0,)), ((), ())))
     return _dense(x, kernel)
+
+
+def plain_dense(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``x @ kernel`` as one dot, as ``nn.Dense`` computes it (the kernel other backends run)."""
+    return jax.lax.dot_general(x, kernel, (((1,), (0,)), ((), ())))
 
 
 @jax.custom_vjp
@@ -80,8 +85,6 @@ def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
     XLA:CPU runs such a reduction 15-30x slower than without them (conv1's bias gradient,
     32x55x55x64: 23 ms), while the same sum written as ``ones @ g`` goes to YNNPACK: 2 ms.
     """
-    if jax.default_backend() != 'cpu':
-        return y + bias
     return _add_bias(y, bias)
 
 
@@ -115,14 +118,17 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: str = 'VALID') -> 
     - XLA:CPU, pool1 32x55x55x96 fp32: 84 against 132 ms (JAX 0.10.2, YNNPACK fusions on);
     - H200, bf16, batch 256: pool1 0.37 against 0.70 ms, pool2 0.16 against 0.44 ms, and the
       whole training step 9.2 against 10.5 ms for `paper`, 5.2 against 6.0 for `owt` (JAX 0.11.2).
-    Other backends (TPU: not measured) keep autodiff.
+    Other backends (TPU: not measured) keep autodiff (:func:`plain_max_pool`).
     """
-    if jax.default_backend() not in ('cpu', 'gpu'):
-        return nn.max_pool(x, (window, window), (stride, stride), padding=padding)
     if padding != 'VALID':
         pads = jax.lax.padtype_to_pads(x.shape[1:3], (window, window), (stride, stride), padding)
         x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
     return _max_pool(x, window, stride)
+
+
+def plain_max_pool(x: jax.Array, window: int, stride: int, padding: str = 'VALID') -> jax.Array:
+    """``nn.max_pool`` over a square window, differentiated by autodiff (select_and_scatter)."""
+    return nn.max_pool(x, (window, window), (stride, stride), padding=padding)
 
 
 def _reduce_max(x: jax.Array, window: int, stride: int) -> jax.Array:

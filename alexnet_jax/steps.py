@@ -17,7 +17,7 @@ import ml_collections
 import optax
 from flax.training import train_state
 
-from alexnet_jax import input_pipeline, optim, parallel
+from alexnet_jax import input_pipeline, optim, parallel, specs
 
 AXIS = parallel.AXIS
 
@@ -204,5 +204,6 @@ class Placement(NamedTuple):
 
 def data_parallel(config: ml_collections.ConfigDict, stats: input_pipeline.Stats) -> Placement:
     """Every local device holds the whole model and a slice of the batch (the default)."""
+    specs.check_devices(config, jax.device_count(), jax.local_device_count())
     p_train, p_eval = pmap_steps(config, stats)
     return Placement(jax.local_device_count(), parallel.replicate, parallel.shard, p_train, p_eval)

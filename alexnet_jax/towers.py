@@ -19,17 +19,21 @@ channels reproduces the channel order of the single-device grouped model (tower 
 pixel), so the flattened pool5 and every kernel line up and the parameter tree is *the same* as
 :class:`alexnet_jax.models.AlexNet`'s (``variant='paper'``): same names, same full shapes, each
 leaf merely sharded along its last (output-feature) axis. Checkpoints therefore move freely
-between this placement and the data-parallel one.
+between this placement and the data-parallel one. It *is* that module: ``models.create_model``
+with ``tower_axis='tower'`` injects the tower versions of its layers (``layers.py``: conv and
+dense holding half the output features, the all-gather as the exchange, dropout folding in the
+tower index), and this module only places it.
 
-One deliberate difference from the single-device ``paper`` model: LRN (Section 3.3) runs within
-each tower, over its own 48 (conv1) or 128 (conv2) channels, as on the paper's two GPUs
-(each GPU normalised its own maps). The single-device model normalises over all
-96/256 channels at once, as Caffe does, so the two channels on either side of the tower boundary
-see two neighbours more there. No parameters are involved; the forward passes agree to float
-precision with a single-device model whose LRN is split per tower, and differ from the plain one
-by about 1e-4 (relative, logits) at the paper's initialisation on mean-subtracted 0-255 pixels.
-Matching the single-device
-LRN exactly would need a third exchange of activations that the paper does not have.
+One deliberate difference from the single-device ``paper`` model by default: LRN (Section 3.3)
+runs within each tower (``config.tower_local_lrn``, on with the towers and available on one
+device too), over its own 48 (conv1) or 128 (conv2) channels, as on the paper's two GPUs
+(each GPU normalised its own maps). The plain single-device model normalises over all 96/256
+channels at once, as Caffe does, so the two channels on either side of the tower boundary see
+two neighbours more there. No parameters are involved; the forward passes agree to float
+precision with a single-device model with ``tower_local_lrn``, and differ from the plain one by
+about 1e-4 (relative, logits) at the paper's initialisation on mean-subtracted 0-255 pixels.
+Matching the plain model's LRN would need a third exchange of activations that the paper does
+not have.
 
 Why ``jax.shard_map`` over a 2-D ``Mesh`` rather than nested ``pmap``: in JAX 0.10 ``pmap`` is
 itself ``jit(shard_map)`` over a 1-D mesh; nesting two of them means stacked per-device arrays and
@@ -52,27 +56,24 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from alexnet_jax import input_pipeline, models, ops, parallel, steps
-from alexnet_jax.config_checks import ConfigError
-from alexnet_jax.lrn import LRN
+from alexnet_jax import input_pipeline, models, parallel, specs, steps
+from alexnet_jax.specs import ConfigError
 
-BATCH = parallel.AXIS  # the data-parallel axis: train.py's steps pmean/psum over it
+BATCH = parallel.AXIS  # the data-parallel axis: the steps pmean/psum over it
 TOWER = 'tower'
-TOWERS = 2  # Section 3.2: two GTX 580 GPUs
+TOWERS = specs.TOWERS  # Section 3.2: two GTX 580 GPUs
 SPLIT_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
 
 __all__ = [
     'BATCH',
     'TOWER',
     'TOWERS',
-    'TowerAlexNet',
     'create_mesh',
     'make_steps',
     'placement',
@@ -82,122 +83,13 @@ __all__ = [
 ]
 
 
-class TowerAlexNet(nn.Module):
-    """One tower of the ``paper`` net, run inside ``shard_map`` over a mesh axis ``axis_name``.
+def tower_model(config: ml_collections.ConfigDict) -> models.AlexNet:
+    """``models.create_model(config)`` as one tower's share, for ``shard_map`` over ``'tower'``.
 
-    Takes the whole (per-replica) image batch and this tower's parameters, which have the
-    names of :class:`~alexnet_jax.models.AlexNet`'s and a last axis ``1 / towers`` as long.
-    Returns the full logits, the same on every tower. Only for ``apply``: the parameters come
-    from ``AlexNet.init`` and :func:`state_shardings`.
+    Takes the whole (per-replica) image batch and this tower's parameters, whose last axis is
+    ``1 / towers`` as long; returns the full logits, the same on every tower.
     """
-
-    num_classes: int = 1000
-    norm: str | None = None
-    pooling: str | None = None
-    activation: str | None = None
-    dropout_rate: float | None = None
-    init_scheme: str | None = None
-    dtype: Any = jnp.float32
-    towers: int = TOWERS
-    axis_name: str = TOWER
-
-    @property
-    def spec(self) -> models.Spec:
-        return models.resolve_spec(
-            'paper',
-            norm=self.norm,
-            pooling=self.pooling,
-            activation=self.activation,
-            dropout_rate=self.dropout_rate,
-            init_scheme=self.init_scheme,
-        )
-
-    def _gather(self, x: jax.Array, to: str = 'varying') -> jax.Array:
-        """Both towers' halves side by side on the last axis, tower 0 first (Section 3.2)."""
-        return jax.lax.all_gather(x, self.axis_name, axis=-1, tiled=True, to=to)
-
-    def _dense(self, x: jax.Array, features: int, name: str) -> jax.Array:
-        kernel_init, bias_init = models._initializers(self.spec.init_scheme, name)
-        return nn.Dense(
-            features // self.towers,
-            kernel_init=kernel_init,
-            bias_init=bias_init,
-            dtype=self.dtype,
-            name=name,
-        )(x)
-
-    @nn.compact
-    def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
-        spec = self.spec
-        if spec.norm == 'bn' or spec.norm_after_pool or spec.dropout_before_fc:
-            raise ValueError('The tower model covers the paper net with LRN or no norm only.')
-        if images.ndim != 4 or images.shape[1:3] != (spec.input_sizes[0],) * 2:
-            raise ValueError(f'The paper net takes [N, 227, 227, C] images, got {images.shape}.')
-        act = nn.relu if spec.activation == 'relu' else jnp.tanh
-        window, stride = (3, 2) if spec.pooling == 'overlapping' else (2, 2)  # Section 3.4
-        pools = dict(zip((1, 2, 5), spec.pool_padding, strict=True))
-
-        x = images.astype(self.dtype)
-        for i, conv in enumerate(spec.convs, start=1):
-            name = f'conv{i}'
-            if i == 3:  # Section 3.2: "the kernels of layer 3 take input from all kernel maps"
-                x = self._gather(x)
-            kernel_init, bias_init = models._initializers(spec.init_scheme, name)
-            padding = conv.padding
-            if isinstance(padding, int):
-                padding = [(padding, padding), (padding, padding)]
-            x = nn.Conv(
-                conv.features // self.towers,  # this tower's half of the kernels
-                (conv.kernel, conv.kernel),
-                strides=conv.stride,
-                padding=padding,
-                kernel_init=kernel_init,
-                bias_init=bias_init,
-                dtype=self.dtype,
-                conv_general_dilated=ops.split_grouped_conv,  # as AlexNet's, one group here
-                name=name,
-            )(x)
-            x = act(x)
-            if spec.norm == 'lrn' and i in spec.norm_layers:  # Section 3.3, within the tower
-                x = LRN(size=5, k=2.0, alpha=1e-4, beta=0.75, name=f'norm{i}')(x)
-            if i in pools:
-                if spec.pooling == 'non_overlapping' and pools[i] == 'VALID':
-                    n = 2 * ((x.shape[1] - 1) // 2)  # as models.AlexNet: equal output sizes
-                    x = x[:, :n, :n]
-                x = nn.max_pool(x, (window, window), (stride, stride), padding=pools[i])
-
-        # Gathering channels last and then flattening gives the single-device HWC layout, in
-        # which each pixel holds tower 0's 128 channels and then tower 1's.
-        x = self._gather(x).reshape(x.shape[0], -1)
-        for name in ('fc6', 'fc7'):
-            x = act(self._dense(x, spec.hidden, name))
-            x = self._dropout(x, spec.dropout_rate, train)  # Section 4.2, this tower's neurons
-            x = self._gather(x)
-        logits = self._dense(x, self.num_classes, 'fc8')
-        # Both towers then hold the same logits and compute the same loss: this gather transposes
-        # to a slice, so each half of the logits gets its gradient once, not once per tower.
-        return self._gather(logits, to='invarying').astype(jnp.float32)
-
-    def _dropout(self, x: jax.Array, rate: float, train: bool) -> jax.Array:
-        if not train or rate == 0.0:
-            return x
-        # Each tower draws the mask of its own neurons; the gather then hands both towers the
-        # same dropped activations.
-        rng = jax.random.fold_in(self.make_rng('dropout'), jax.lax.axis_index(self.axis_name))
-        return nn.Dropout(rate, deterministic=False)(x, rng=rng)
-
-
-def tower_model(config: ml_collections.ConfigDict) -> TowerAlexNet:
-    """The tower half of ``models.create_model(config)`` (same switches, same compute dtype)."""
-    return TowerAlexNet(
-        num_classes=config.num_classes,
-        norm=config.norm,
-        pooling=config.pooling,
-        activation=config.activation,
-        dropout_rate=config.dropout_rate,
-        init_scheme=config.init_scheme,
-        dtype=steps.compute_dtype(config),
-    )
+    return models.create_model(config, tower_axis=TOWER)
 
 
 def create_mesh(devices: list[jax.Device] | None = None) -> Mesh:
@@ -206,13 +98,7 @@ def create_mesh(devices: list[jax.Device] | None = None) -> Mesh:
     Raises a :class:`ConfigError` naming the fix unless there is an even number (2, 4, ...).
     """
     devices = list(devices or jax.local_devices())
-    if len(devices) < TOWERS or len(devices) % TOWERS:
-        raise ConfigError(
-            f'config.model_parallel_towers=True puts the two towers of Section 3.2 on two '
-            f'devices of each data replica, so it needs an even number of local devices; found '
-            f'{len(devices)}. Use 2, 4, ... devices (on CPU: '
-            f'XLA_FLAGS=--xla_force_host_platform_device_count=2), or turn the switch off.'
-        )
+    specs.check_tower_devices(len(devices))
     return Mesh(np.asarray(devices).reshape(-1, TOWERS), (BATCH, TOWER))
 
 
@@ -305,12 +191,11 @@ def placement(
     """Section 3.2's placement: towers on device pairs, data parallel across the pairs."""
     if jax.process_count() > 1:
         raise ConfigError('config.model_parallel_towers=True runs on one host (process) for now.')
-    if config.model != 'paper' or config.groups not in (None, 2):
-        raise ConfigError(
-            'config.model_parallel_towers=True needs the two-tower paper model (model=paper).'
-        )
-    if config.norm == 'bn':
-        raise ConfigError('config.model_parallel_towers=True needs norm=lrn or none, not bn.')
+    devices = list(devices or jax.local_devices())
+    as_towers = config.copy_and_resolve_references()  # even if the switch is off (benchmarks)
+    as_towers.model_parallel_towers = True
+    specs.resolve_model(as_towers)  # the tower model's own checks (paper, no bn, even classes)
+    specs.check_devices(as_towers, len(devices), len(devices))
     mesh = create_mesh(devices)
     train_step, eval_step = make_steps(config, stats, mesh)
 

@@ -41,6 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.groups = ml_collections.config_dict.placeholder(int)  # 1 | 2
     c.init_scheme = ml_collections.config_dict.placeholder(str)  # paper | modern
     c.model_parallel_towers = False  # Section 3.2 for real: each tower on its own device.
+    # LRN within each tower's half of the channels, as on the paper's two GPUs (needs groups=2).
+    c.tower_local_lrn = ml_collections.config_dict.placeholder(bool)  # None: model_parallel_towers
 
     # --- Optimisation (alexnet_jax/optim.py) ---
     c.batch_size = 128  # global, over all hosts and devices (Section 5)

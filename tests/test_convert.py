@@ -182,7 +182,7 @@ def rel_err(ours, ref):
 
 
 def owt_logits(params, images_nhwc):
-    model = models.AlexNet(variant='owt', num_classes=params['fc8']['bias'].shape[0])
+    model = models.variant('owt', num_classes=params['fc8']['bias'].shape[0])
     return np.asarray(
         jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))(params, images_nhwc)
     )
@@ -535,7 +535,7 @@ def test_converted_caffe_net_equals_a_numpy_caffe_forward(caffe_blobs, variant):
     bgr_nchw = rgb[..., ::-1].transpose(0, 3, 1, 2)
     ref = np_caffe_alexnet(caffe_blobs, bgr_nchw, pool_first)
     # The LRN is not negligible here: without it the logits would differ grossly.
-    model = models.AlexNet(variant=variant)
+    model = models.variant(variant)
     ours = np.asarray(
         jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))(
             params, rgb.astype(np.float32)

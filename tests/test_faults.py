@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpointing, models, train, workdir_lock
+from alexnet_jax import checkpointing, specs, train, workdir_lock
 from tests.test_multihost import _free_port
 from tests.test_train import ROOT, small_config
 
@@ -390,23 +390,23 @@ def test_resume_into_another_network_is_refused(tmp_path, field, value):
 
 
 def test_the_network_fields_are_every_field_that_changes_the_network():
-    """The derived list against a second path: change each field and see the network change."""
+    """The compared list against a second path: change each field and see the network change."""
     config = small_config()
     derived = checkpointing.network_fields(config)
-    spec = checkpointing._network(config)[0]
+    spec = specs.resolve_model(config)
 
     def other(choices, current):
         return next(c for c in choices if c != current)
 
     alternatives = {
-        'model': other(models.VARIANTS, config.model),
+        'model': other(specs.VARIANTS, config.model),
         'num_classes': config.num_classes + 1,
-        'norm': other(models.NORMS, spec.norm),
-        'pooling': other(models.POOLINGS, spec.pooling),
-        'activation': other(models.ACTIVATIONS, spec.activation),
+        'norm': other(specs.NORMS, spec.norm),
+        'pooling': other(specs.POOLINGS, spec.pooling),
+        'activation': other(specs.ACTIVATIONS, spec.activation),
         'dropout_rate': spec.dropout_rate / 2,
         'groups': other((1, 2), spec.groups),
-        'init_scheme': other(models.INITS, spec.init_scheme),
+        'init_scheme': other(specs.INITS, spec.init_scheme),
     }
     changes_network = set()
     reference = checkpointing._network(config)
@@ -416,10 +416,14 @@ def test_the_network_fields_are_every_field_that_changes_the_network():
             changes_network.add(field)
     assert changes_network == set(alternatives)
     assert derived == changes_network
+    # Fields that change neither the parameters nor what they compute: a checkpoint moves.
+    for field, value in (('half_precision', True), ('tower_local_lrn', True)):
+        assert checkpointing._network(small_config(**{field: value})) == reference, field
+        assert field not in derived
 
 
 def test_spelling_out_the_preset_is_the_same_network(tmp_path):
     train.train_and_evaluate(small_config(num_train_steps=2), str(tmp_path))
-    spec = checkpointing._network(small_config())[0]
+    spec = specs.resolve_model(small_config())
     same = small_config(num_train_steps=4, pooling=spec.pooling, activation=spec.activation)
     assert train.train_and_evaluate(same, str(tmp_path))['step'] == 4

@@ -299,3 +299,18 @@ def test_works_under_jit_and_vmap():
     x = jnp.asarray(_activations((3, 2, 2, 8), 5, 2.0, 1e-4, seed=12))
     np.testing.assert_allclose(jax.jit(lrn)(x), lrn(x), rtol=1e-6)
     np.testing.assert_allclose(jax.vmap(lrn)(x), lrn(x), rtol=1e-6)
+
+
+def test_groups_normalise_each_towers_channels_on_their_own():
+    """LRN(groups=2): the paper's formula on each half of the channels separately (Section 3.2),
+    which differs from the whole-width layer only at the channels next to the boundary."""
+    x = _activations((2, 3, 3, 12), 5, 2.0, 1e-4, seed=13)
+    x[..., 5:7] *= 2.0  # the boundary's neighbours: make them matter
+    expected = np.concatenate([_numpy_lrn(h, **PAPER) for h in np.split(x, 2, -1)], -1)
+    grouped = LRN(groups=2).apply({}, jnp.asarray(x))
+    np.testing.assert_allclose(grouped, expected, rtol=2e-6, atol=1e-7)
+    whole = _numpy_lrn(x, **PAPER)
+    near = [4, 5, 6, 7]  # within size // 2 = 2 channels of the boundary at 6
+    far = [c for c in range(12) if c not in near]
+    np.testing.assert_allclose(grouped[..., far], whole[..., far], rtol=2e-6, atol=1e-7)
+    assert not np.allclose(grouped[..., near], whole[..., near], rtol=1e-5)

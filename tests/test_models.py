@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 from alexnet_jax.lrn import lrn
-from alexnet_jax.models import VARIANTS, AlexNet, param_count
+from alexnet_jax.models import VARIANTS, create_model, param_count
+from alexnet_jax.models import variant as alexnet
 from alexnet_jax.ops import split_grouped_conv
+from configs import fashion_mnist
 
 LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
 INPUT_SIZE = {'paper': 227, 'single_tower': 227, 'caffenet': 227, 'owt': 224, 'bn': 227}
@@ -34,7 +36,7 @@ def _abstract(model, size, channels=3, batch=2):
 
 @functools.cache
 def _small_variables(size=28, channels=1, **switches):
-    model = AlexNet('small', num_classes=10, **switches)
+    model = alexnet('small', num_classes=10, **switches)
     # Eagerly: the small net's ops compile once and are shared by every configuration.
     return model.init(jax.random.key(0), jnp.zeros((1, size, size, channels)), train=False)
 
@@ -42,7 +44,7 @@ def _small_variables(size=28, channels=1, **switches):
 @pytest.fixture(scope='module')
 def paper_variables():
     """A real initialisation of the paper net (~3 s), shared by the tests that need values."""
-    model = AlexNet('paper')
+    model = alexnet('paper')
     images = jnp.zeros((1, 227, 227, 3))
     return jax.jit(lambda key: model.init(key, images, train=False))(jax.random.key(0))
 
@@ -85,22 +87,22 @@ def _capture(model, variables, images, layer, perturb=None, jit=False, **kwargs)
 
 @pytest.mark.parametrize('variant', ['paper', 'single_tower', 'caffenet', 'owt', 'bn'])
 def test_output_shape_of_the_imagenet_variants(variant):
-    _, logits, _ = _abstract(AlexNet(variant), INPUT_SIZE[variant])
+    _, logits, _ = _abstract(alexnet(variant), INPUT_SIZE[variant])
     assert logits.shape == (2, 1000) and logits.dtype == jnp.float32
-    _, logits, _ = _abstract(AlexNet(variant, num_classes=7), INPUT_SIZE[variant], batch=1)
+    _, logits, _ = _abstract(alexnet(variant, num_classes=7), INPUT_SIZE[variant], batch=1)
     assert logits.shape == (1, 7)
 
 
 @pytest.mark.parametrize('size', [28, 32])
 @pytest.mark.parametrize('channels', [1, 3])
 def test_small_variant_output_shape_at_28_and_32_with_1_and_3_channels(size, channels):
-    variables, logits, _ = _abstract(AlexNet('small', num_classes=10), size, channels, batch=3)
+    variables, logits, _ = _abstract(alexnet('small', num_classes=10), size, channels, batch=3)
     assert variables['params']['conv1']['kernel'].shape == (5, 5, channels, 32)
     assert logits.shape == (3, 10) and logits.dtype == jnp.float32
 
 
 def test_small_variant_forward_is_finite():
-    logits = AlexNet('small', num_classes=10).apply(_small_variables(), _images(), train=False)
+    logits = alexnet('small', num_classes=10).apply(_small_variables(), _images(), train=False)
     assert logits.shape == (2, 10) and bool(jnp.all(jnp.isfinite(logits)))
     assert float(jnp.std(logits)) > 0
 
@@ -135,7 +137,7 @@ def test_small_variant_forward_is_finite():
     ],
 )
 def test_parameter_counts(variant, expected):
-    variables, _, _ = _abstract(AlexNet(variant), INPUT_SIZE[variant], batch=1)
+    variables, _, _ = _abstract(alexnet(variant), INPUT_SIZE[variant], batch=1)
     assert param_count(variables['params']) == expected
     assert sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(variables['params'])) == (
         expected
@@ -147,13 +149,13 @@ def test_parameter_counts(variant, expected):
 
 
 def test_groups_1_on_paper_counts_like_single_tower():
-    variables, _, _ = _abstract(AlexNet('paper', groups=1), 227, batch=1)
+    variables, _, _ = _abstract(alexnet('paper', groups=1), 227, batch=1)
     assert param_count(variables['params']) == 62_378_344
 
 
 @pytest.mark.parametrize('variant', ['paper', 'single_tower', 'owt'])
 def test_parameter_names_and_kernel_shapes(variant):
-    params = _abstract(AlexNet(variant), INPUT_SIZE[variant], batch=1)[0]['params']
+    params = _abstract(alexnet(variant), INPUT_SIZE[variant], batch=1)[0]['params']
     assert set(params) == set(LAYERS)
     for name in LAYERS:
         assert set(params[name]) == {'kernel', 'bias'}, name
@@ -172,7 +174,7 @@ def test_parameter_names_and_kernel_shapes(variant):
 
 
 def test_paper_shape_after_every_stage():
-    _, logits, stages = _abstract(AlexNet('paper', num_classes=10), 227, batch=2)
+    _, logits, stages = _abstract(alexnet('paper', num_classes=10), 227, batch=2)
     expected = {
         'conv1': (55, 55, 96),
         'pool1': (27, 27, 96),
@@ -195,9 +197,9 @@ def test_paper_shape_after_every_stage():
 
 
 @pytest.mark.parametrize('layer', ['conv2', 'conv4', 'conv5'])
-@pytest.mark.parametrize('split_groups', [True, False])
-def test_grouping_splits_the_towers(layer, split_groups):
-    model = AlexNet('small', num_classes=10, split_groups=split_groups)
+@pytest.mark.parametrize('backend', ['cpu', 'tpu'])  # groups split into convolutions, or not
+def test_grouping_splits_the_towers(layer, backend):
+    model = alexnet('small', num_classes=10, backend=backend)
     variables, images = _small_variables(), _images()
     noise = lambda x, lo, hi: x.at[..., lo:hi].add(1.0 + jnp.abs(x[..., lo:hi]))
     base_in, base, _ = _capture(model, variables, images, layer, train=False)
@@ -213,7 +215,7 @@ def test_grouping_splits_the_towers(layer, split_groups):
 
 
 def test_without_groups_a_tower_perturbation_reaches_every_output():
-    model = AlexNet('small', num_classes=10, groups=1)
+    model = alexnet('small', num_classes=10, groups=1)
     variables, images = _small_variables(groups=1), _images()
     _, base, _ = _capture(model, variables, images, 'conv2', train=False)
     _, out, _ = _capture(
@@ -244,15 +246,35 @@ def test_split_grouped_conv_equals_feature_group_count(groups, strides, padding)
     assert not np.allclose(plain, expected, atol=1e-3)
 
 
-def test_split_groups_false_gives_the_same_logits():
+@pytest.mark.parametrize('backend', ['gpu', 'tpu'])
+def test_the_kernels_of_every_backend_give_the_same_logits_and_gradients(backend):
+    """create_model's kernel choice: the CPU kernels (split groups, dense as a 1x1 convolution,
+    bias gradient as a product, max-pool gradient by phases) against those of ``backend``."""
     variables, images = _small_variables(), _images(batch=3)
-    split = AlexNet('small', num_classes=10, split_groups=True).apply(
-        variables, images, train=False
+    config = fashion_mnist.get_config()  # the small net, 10 classes
+    cpu = create_model(config, backend='cpu')
+    other = create_model(config, backend=backend)
+    assert cpu.conv != other.conv  # really two kernel sets
+    labels = jnp.arange(3) % 10
+
+    def loss(model, params, images):
+        logits = model.apply({'params': params}, images, train=False)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
+
+    np.testing.assert_allclose(
+        cpu.apply(variables, images, train=False),
+        other.apply(variables, images, train=False),
+        rtol=1e-5,
+        atol=1e-5,
     )
-    fused = AlexNet('small', num_classes=10, split_groups=False).apply(
-        variables, images, train=False
-    )
-    np.testing.assert_allclose(split, fused, rtol=1e-5, atol=1e-5)
+    g_cpu = jax.grad(loss, argnums=(1, 2))(cpu, variables['params'], images)
+    g_other = jax.grad(loss, argnums=(1, 2))(other, variables['params'], images)
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(g_cpu), jax.tree.leaves(g_other), strict=True
+    ):
+        scale = float(jnp.max(jnp.abs(b)))
+        assert scale > 0, jax.tree_util.keystr(path)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale, err_msg=str(path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,7 +313,7 @@ def test_init_scheme_switch():
 
 
 def test_dropout_only_in_training():
-    model = AlexNet('small', num_classes=10)
+    model = alexnet('small', num_classes=10)
     variables, images = _small_variables(), _images(batch=4)
     train = lambda seed: model.apply(
         variables, images, train=True, rngs={'dropout': jax.random.key(seed)}
@@ -301,7 +323,7 @@ def test_dropout_only_in_training():
     evaluated = model.apply(variables, images, train=False)
     np.testing.assert_array_equal(evaluated, model.apply(variables, images, train=False))
     # Evaluation is the net without dropout: equal to training with rate 0 (no BatchNorm here).
-    no_dropout = AlexNet('small', num_classes=10, dropout_rate=0.0)
+    no_dropout = alexnet('small', num_classes=10, dropout_rate=0.0)
     for seed in (0, 1):
         np.testing.assert_allclose(
             no_dropout.apply(variables, images, train=True, rngs={'dropout': jax.random.key(seed)}),
@@ -314,7 +336,7 @@ def test_dropout_only_in_training():
 @pytest.mark.parametrize('rate', [0.5, 0.2])
 def test_dropout_drops_the_hidden_outputs_at_its_rate(rate):
     """Section 4.2: fc7's output (fc8's input) is zeroed with probability rate, else scaled."""
-    model = AlexNet('small', num_classes=10, dropout_rate=rate)
+    model = alexnet('small', num_classes=10, dropout_rate=rate)
     variables, images = _small_variables(), _images(batch=16)
     rngs = {'dropout': jax.random.key(3)}
     dropped, _, stages = _capture(model, variables, images, 'fc8', train=True, rngs=rngs)
@@ -329,7 +351,7 @@ def test_dropout_drops_the_hidden_outputs_at_its_rate(rate):
 
 
 def test_bn_variant_keeps_batch_stats():
-    variables, _, _ = _abstract(AlexNet('bn'), 227, batch=1)
+    variables, _, _ = _abstract(alexnet('bn'), 227, batch=1)
     widths = {'bn1': 96, 'bn2': 256, 'bn3': 384, 'bn4': 384, 'bn5': 256}
     assert {k: v['mean'].shape for k, v in variables['batch_stats'].items()} == {
         k: (w,) for k, w in widths.items()
@@ -341,7 +363,7 @@ def test_bn_variant_keeps_batch_stats():
 
 
 def test_batchnorm_updates_its_statistics_in_training_only():
-    model = AlexNet('small', num_classes=10, norm='bn')
+    model = alexnet('small', num_classes=10, norm='bn')
     variables, images = _small_variables(norm='bn'), _images(batch=4)
     assert set(variables['batch_stats']) == {'bn1', 'bn2'}  # small normalises after conv1, conv2
     rngs = {'dropout': jax.random.key(0)}
@@ -370,8 +392,8 @@ def test_batchnorm_updates_its_statistics_in_training_only():
 
 def test_bfloat16_forward_close_to_float32():
     variables, images = _small_variables(), _images(batch=4)
-    logits32, stages32 = _forward(AlexNet('small', num_classes=10), variables, images, train=False)
-    model16 = AlexNet('small', num_classes=10, dtype=jnp.bfloat16)
+    logits32, stages32 = _forward(alexnet('small', num_classes=10), variables, images, train=False)
+    model16 = alexnet('small', num_classes=10, compute_dtype='bfloat16')
     logits16, stages16 = _forward(model16, variables, images, train=False)
     assert logits16.dtype == jnp.float32  # logits come back in float32
     assert stages16['conv1'].dtype == jnp.bfloat16  # but the net ran in bfloat16
@@ -392,7 +414,7 @@ def _max_pool(x, window):
 
 @pytest.mark.parametrize('norm', ['lrn', 'none'])
 def test_norm_switch_places_lrn_after_relu_and_before_pool(norm):
-    model = AlexNet('small', num_classes=10, norm=norm)
+    model = alexnet('small', num_classes=10, norm=norm)
     variables, images = _small_variables(), _images()  # LRN and none have the same parameters
     _, stages = _forward(model, variables, images, train=False)
     for i in (1, 2):
@@ -403,14 +425,28 @@ def test_norm_switch_places_lrn_after_relu_and_before_pool(norm):
         assert not np.allclose(stages['pool1'], _max_pool(stages['conv1'], 3), rtol=1e-4)
 
 
+def test_tower_local_lrn_normalises_each_towers_half_on_one_device():
+    """Section 3.2's LRN within each GPU's maps, as a switch of the one-device model."""
+    model = alexnet('small', num_classes=10, tower_local_lrn=True)
+    variables, images = _small_variables(), _images()  # no parameters change
+    _, stages = _forward(model, variables, images, train=False)
+    for i in (1, 2):
+        x = stages[f'conv{i}']
+        halves = jnp.split(x, 2, axis=-1)
+        per_tower = jnp.concatenate([lrn(h) for h in halves], axis=-1)
+        np.testing.assert_allclose(stages[f'pool{i}'], _max_pool(per_tower, 3), rtol=1e-6)
+    _, plain = _forward(alexnet('small', num_classes=10), variables, images, train=False)
+    assert not np.allclose(stages['pool1'], plain['pool1'], rtol=1e-6, atol=0)
+
+
 def test_norm_switch_changes_the_variables_and_logits():
     images = _images()
     lrn_vars, none_vars, bn_vars = (_small_variables(norm=n) for n in ('lrn', 'none', 'bn'))
     assert set(lrn_vars) == set(none_vars) == {'params'}
     assert set(bn_vars) == {'params', 'batch_stats'}
     assert set(bn_vars['params']) == set(LAYERS) | {'bn1', 'bn2'}
-    with_lrn = AlexNet('small', num_classes=10).apply(lrn_vars, images, train=False)
-    without = AlexNet('small', num_classes=10, norm='none').apply(lrn_vars, images, train=False)
+    with_lrn = alexnet('small', num_classes=10).apply(lrn_vars, images, train=False)
+    without = alexnet('small', num_classes=10, norm='none').apply(lrn_vars, images, train=False)
     assert not np.allclose(with_lrn, without, rtol=1e-3)
 
 
@@ -419,14 +455,14 @@ def test_caffenet_pools_before_lrn(paper_variables):
     images = 255.0 * _images(227, 3, batch=1)
     # conv2 sees lrn(pool1), and pool1 = pool(conv1); the paper's order would give pool(lrn(.)).
     conv2_in, _, stages = _capture(
-        AlexNet('caffenet'), paper_variables, images, 'conv2', jit=True, train=False
+        alexnet('caffenet'), paper_variables, images, 'conv2', jit=True, train=False
     )
     pooled = nn.max_pool(stages['conv1'], (3, 3), (2, 2), padding='VALID')
     np.testing.assert_allclose(stages['pool1'], pooled, rtol=1e-6)
     np.testing.assert_allclose(conv2_in, lrn(pooled), rtol=1e-5, atol=1e-6)
     assert not np.allclose(conv2_in, pooled, rtol=1e-3)  # LRN is not the identity here
     paper_conv2_in, _, _ = _capture(
-        AlexNet('paper'), paper_variables, images, 'conv2', jit=True, train=False
+        alexnet('paper'), paper_variables, images, 'conv2', jit=True, train=False
     )
     assert not np.allclose(paper_conv2_in, conv2_in, rtol=1e-3)
 
@@ -442,7 +478,7 @@ def test_caffenet_pools_before_lrn(paper_variables):
 def test_pooling_switch_keeps_every_output_size(variant, size):
     shapes = {}
     for pooling in ('overlapping', 'non_overlapping'):
-        variables, _, stages = _abstract(AlexNet(variant, pooling=pooling), size, channels=1)
+        variables, _, stages = _abstract(alexnet(variant, pooling=pooling), size, channels=1)
         shapes[pooling] = (
             {k: v.shape for k, v in stages.items()},
             jax.tree_util.tree_map(lambda p: p.shape, variables['params']),
@@ -453,7 +489,7 @@ def test_pooling_switch_keeps_every_output_size(variant, size):
 def test_pooling_switch_changes_the_window():
     variables, images = _small_variables(), _images()
     for pooling, window in (('overlapping', 3), ('non_overlapping', 2)):
-        model = AlexNet('small', num_classes=10, pooling=pooling, norm='none')
+        model = alexnet('small', num_classes=10, pooling=pooling, norm='none')
         _, stages = _forward(model, variables, images, train=False)
         np.testing.assert_array_equal(stages['pool1'], _max_pool(stages['conv1'], window))
         other = _max_pool(stages['conv1'], 5 - window)
@@ -462,7 +498,7 @@ def test_pooling_switch_changes_the_window():
 
 @pytest.mark.parametrize('activation', ['relu', 'tanh'])
 def test_activation_switch(activation):
-    model = AlexNet('small', num_classes=10, activation=activation)
+    model = alexnet('small', num_classes=10, activation=activation)
     variables, images = _small_variables(), _images()
     _, pre, stages = _capture(model, variables, images, 'conv1', train=False)
     fn = jax.nn.relu if activation == 'relu' else jnp.tanh
@@ -497,9 +533,8 @@ def test_groups_switch_changes_the_kernels():
     ],
 )
 def test_unknown_choices_raise_naming_the_value_and_the_choices(switch, value, accepted):
-    model = AlexNet(value) if switch == 'variant' else AlexNet('small', **{switch: value})
     with pytest.raises(ValueError) as info:
-        _abstract(model, 28)
+        alexnet(value) if switch == 'variant' else alexnet('small', **{switch: value})
     message = str(info.value)
     assert repr(value) in message
     for choice in accepted:
@@ -509,7 +544,7 @@ def test_unknown_choices_raise_naming_the_value_and_the_choices(switch, value, a
 @pytest.mark.parametrize('rate', [1.0, -0.1])
 def test_bad_dropout_rate_raises(rate):
     with pytest.raises(ValueError, match=rf'dropout_rate.*{rate}'):
-        _abstract(AlexNet('small', dropout_rate=rate), 28)
+        alexnet('small', dropout_rate=rate)
 
 
 @pytest.mark.parametrize(
@@ -518,7 +553,7 @@ def test_bad_dropout_rate_raises(rate):
 )
 def test_input_size_the_variant_cannot_take_raises(variant, size, accepted):
     with pytest.raises(ValueError) as info:
-        _abstract(AlexNet(variant), size)
+        _abstract(alexnet(variant), size)
     message = str(info.value)
     assert f'{size}x{size}' in message and accepted in message and repr(variant) in message
 
@@ -526,4 +561,4 @@ def test_input_size_the_variant_cannot_take_raises(variant, size, accepted):
 def test_non_square_input_raises():
     images = jax.ShapeDtypeStruct((1, 28, 32, 1), jnp.float32)
     with pytest.raises(ValueError, match=r'square.*\(1, 28, 32, 1\)'):
-        jax.eval_shape(lambda x: AlexNet('small').init(jax.random.key(0), x, train=False), images)
+        jax.eval_shape(lambda x: alexnet('small').init(jax.random.key(0), x, train=False), images)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import models, ops
+from alexnet_jax import layers, ops
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -20,6 +20,20 @@ def _lax_conv(x, w, strides, padding, groups=1):
     )
 
 
+def _conv2d(backend, *args, **kwargs):
+    """layers.Conv2D with the kernels create_model picks for ``backend``."""
+    kernels = layers.kernels_for(backend)
+    return layers.Conv2D(
+        *args, conv_general_dilated=kernels.conv, add_bias=kernels.add_bias, **kwargs
+    )
+
+
+def _dense(backend, *args, **kwargs):
+    kernels = layers.kernels_for(backend)
+    return layers.Dense(*args, dense=kernels.dense, add_bias=kernels.add_bias, **kwargs)
+
+
+@pytest.mark.parametrize('backend', ['cpu', 'tpu'])
 @pytest.mark.parametrize(
     ('shape', 'kernel', 'stride', 'padding', 'groups'),
     [
@@ -30,14 +44,14 @@ def _lax_conv(x, w, strides, padding, groups=1):
     ],
 )
 def test_conv2d_equals_flax_conv_in_parameters_values_and_gradients(
-    shape, kernel, stride, padding, groups
+    shape, kernel, stride, padding, groups, backend
 ):
-    """models.Conv2D (ops.split_grouped_conv + ops.add_bias) against flax's own nn.Conv."""
+    """layers.Conv2D (CPU: ops.split_grouped_conv + ops.add_bias) against flax's own nn.Conv."""
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=shape), jnp.float32)
     kwargs = dict(strides=stride, padding=padding, feature_group_count=groups)
     bias_init = nn.initializers.normal(1.0)  # nonzero, so the bias's part of the sum shows
-    ours = models.Conv2D(8, kernel, bias_init=bias_init, **kwargs)
+    ours = _conv2d(backend, 8, kernel, bias_init=bias_init, **kwargs)
     ref = nn.Conv(8, (kernel, kernel), bias_init=bias_init, **kwargs)
     params = ours.init(jax.random.key(0), x)
     ref_params = ref.init(jax.random.key(0), x)
@@ -56,13 +70,16 @@ def test_conv2d_equals_flax_conv_in_parameters_values_and_gradients(
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize('backend', ['cpu', 'tpu'])
 @pytest.mark.parametrize(('batch', 'inputs', 'features'), [(4, 72, 40), (1, 9, 3), (32, 300, 17)])
-def test_dense_equals_flax_dense_in_parameters_values_and_gradients(batch, inputs, features):
-    """models.Dense (ops.dense + ops.add_bias) against flax's own nn.Dense, in float64 numpy."""
+def test_dense_equals_flax_dense_in_parameters_values_and_gradients(
+    batch, inputs, features, backend
+):
+    """layers.Dense (CPU: ops.dense + ops.add_bias) against flax's own nn.Dense, in float64."""
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.normal(size=(batch, inputs)), jnp.float32)
     bias_init = nn.initializers.normal(1.0)
-    ours = models.Dense(features, bias_init=bias_init)
+    ours = _dense(backend, features, bias_init=bias_init)
     ref = nn.Dense(features, bias_init=bias_init)
     params, ref_params = ours.init(jax.random.key(1), x), ref.init(jax.random.key(1), x)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
@@ -128,6 +145,26 @@ def test_max_pool_values_and_gradients_equal_flax(shape, window, stride, padding
     g_ours = jax.grad(lambda x: jnp.sum(ours(x) * cot))(x)
     g_ref = jax.grad(lambda x: jnp.sum(ref(x) * cot))(x)
     np.testing.assert_allclose(g_ours, g_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_ops_and_the_model_never_ask_for_the_backend_when_traced(monkeypatch):
+    """The kernels are chosen once, by create_model: tracing never reads jax.default_backend()."""
+    from alexnet_jax import models
+
+    model = models.variant('small', num_classes=10, backend='cpu')  # reads nothing either
+    images = jnp.zeros((2, 28, 28, 1))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
+
+    def asked():
+        raise AssertionError('jax.default_backend() called while tracing')
+
+    monkeypatch.setattr(jax, 'default_backend', asked)
+    rngs = {'dropout': jax.random.key(1)}
+    loss = lambda p: jnp.sum(model.apply({'params': p}, images, train=True, rngs=rngs))
+    grads = jax.eval_shape(jax.grad(loss), variables['params'])
+    assert jax.tree.structure(grads) == jax.tree.structure(variables['params'])
+    with pytest.raises(AssertionError, match='default_backend'):  # the patch does bite
+        models.variant('small')
 
 
 def _run_python(code: str, **env: str) -> str:

@@ -14,14 +14,12 @@ if 'jax' not in sys.modules and 'device_count' not in os.environ.get('XLA_FLAGS'
         os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=4'
     )
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from alexnet_jax import input_pipeline, lrn, models, optim, parallel, steps, towers
+from alexnet_jax import input_pipeline, models, optim, parallel, steps, towers
 from configs import imagenet
 
 pytestmark = pytest.mark.skipif(
@@ -44,14 +42,6 @@ def _config():
     return c
 
 
-def _lrn_per_tower(next_fun, args, kwargs, context):
-    """Flax interceptor: the single-device model's LRN run within each tower, as towers.py does."""
-    if isinstance(context.module, lrn.LRN) and context.method_name == '__call__':
-        halves = jnp.split(args[0], towers.TOWERS, axis=-1)
-        return jnp.concatenate([next_fun(h) for h in halves], axis=-1)
-    return next_fun(*args, **kwargs)
-
-
 def _per_replica(batch, replicas):
     return {k: v.reshape(replicas, -1, *v.shape[1:]) for k, v in batch.items()}
 
@@ -72,15 +62,15 @@ def setup():
         'label': rng.integers(0, CLASSES, (GLOBAL_BATCH,), dtype=np.int32),
         'mask': np.ones((GLOBAL_BATCH,), np.bool_),
     }
-    # The reference: the single-device grouped model's own step (steps.pmap_steps, 1 device).
+    # The reference: the same module on one device (create_model(config): with the towers on,
+    # LRN runs within each tower's channels there too), with its own step (steps.pmap_steps).
     one = jax.local_devices()[:1]
     p_train, _ = steps.pmap_steps(config, stats, one)
-    with nn.intercept_methods(_lrn_per_tower):
-        ref_state, ref_metrics = p_train(
-            parallel.replicate(_copy(host_state), one),
-            parallel.shard(_per_replica(batch, 1), one),
-            jax.random.key(0),
-        )
+    ref_state, ref_metrics = p_train(
+        parallel.replicate(_copy(host_state), one),
+        parallel.shard(_per_replica(batch, 1), one),
+        jax.random.key(0),
+    )
     return {
         'config': config,
         'stats': stats,
@@ -180,15 +170,19 @@ def forward(setup):
 
 @pytest.fixture(scope='module')
 def single_logits(setup, forward):
-    """The single-device model's logits: with LRN per tower (as towers.py), and unmodified."""
+    """The single-device model's logits: with tower-local LRN (as on the towers), and without."""
     params, images = setup['host_state'].params, forward[2]
+    plain_config = setup['config'].copy_and_resolve_references()
+    plain_config.model_parallel_towers = False  # and so tower_local_lrn=None: off
+    plain = models.create_model(plain_config)
+    assert setup['model'].norm != plain.norm  # the one difference: LRN within each tower
 
-    def single(p, x):
-        return setup['model'].apply({'params': p}, x, train=False)
+    def single(model):
+        return np.asarray(
+            jax.jit(lambda p, x: model.apply({'params': p}, x, train=False))(params, images)
+        )
 
-    with nn.intercept_methods(_lrn_per_tower):  # traced (and compiled) inside the context
-        per_tower_lrn = np.asarray(jax.jit(single)(params, images))
-    return per_tower_lrn, np.asarray(jax.jit(single)(params, images))
+    return single(setup['model']), single(plain)
 
 
 def test_forward_equals_single_device_model(forward, single_logits):
@@ -292,3 +286,23 @@ def test_odd_class_count_is_a_clear_error(setup):
     params = dict(state.params, fc8={'kernel': np.zeros((4096, 5)), 'bias': np.zeros(5)})
     with pytest.raises(ValueError, match='num_classes must be even'):
         placement.place_state(state.replace(params=params))
+
+
+def test_the_tower_model_is_the_single_device_module_with_tower_layers(setup):
+    """One network definition: the towers run models.AlexNet itself, geometry unchanged."""
+    single, tower = setup['model'], towers.tower_model(setup['config'])
+    assert type(tower) is type(single) is models.AlexNet
+    injected = {'conv', 'dense', 'dropout', 'exchange', 'norm'}
+    for field in single.__dataclass_fields__:
+        if field not in injected | {'parent', 'name'}:
+            assert getattr(tower, field) == getattr(single, field), field
+    for field in injected:
+        assert getattr(tower, field) != getattr(single, field), field
+
+
+def test_importing_towers_does_not_import_the_driver():
+    import subprocess
+
+    code = 'import sys, alexnet_jax.towers; print("alexnet_jax.train" in sys.modules)'
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ['False']

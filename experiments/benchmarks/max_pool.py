@@ -4,14 +4,15 @@ Autodiff of ``reduce_window`` goes through XLA's select_and_scatter; ``ops.max_p
 which tap of each window won and scatters the cotangent phase by phase (same gradient). This
 times both on the backend JAX runs on, in one process, alternating:
 - forward + backward of each of the variant's three pools, at the step's batch size, in a loss;
-- the whole training step (``train_step.py``'s JAX side) built with each, the model's
-  ``max_pool`` swapped for autodiff in the second.
+- the whole training step (``train_step.py``'s JAX side) built with each: the second's model
+  gets the backend's kernels (``layers.kernels_for``) with ``max_pool`` swapped for autodiff.
 
     python experiments/benchmarks/max_pool.py                              # CPU, batch 32
     python experiments/benchmarks/max_pool.py --batch 256 --half --steps 50  # on a GPU
 """
 
 import argparse
+import dataclasses
 import os
 import statistics
 import sys
@@ -28,7 +29,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from alexnet_jax import models, ops  # noqa: E402
+from alexnet_jax import layers, ops  # noqa: E402
 from experiments.benchmarks import train_step  # noqa: E402
 from experiments.benchmarks.lrn import jax_runner, time_call  # noqa: E402
 
@@ -63,12 +64,18 @@ def bench_pools(variant: str, args: argparse.Namespace, dtype) -> None:
 
 def bench_steps(variant: str, args: argparse.Namespace) -> None:
     runners = {}
+    kernels_for = layers.kernels_for
     for name, pool in (('ours', ops.max_pool), ('autodiff', autodiff_pool)):
-        models.max_pool = pool  # read when the step is traced, by its first run below
-        runner = train_step.JaxRunner(args, variant)
+        # Read by models.create_model, in the runner's constructor.
+        layers.kernels_for = lambda backend, pool=pool: dataclasses.replace(
+            kernels_for(backend), max_pool=pool
+        )
+        try:
+            runner = train_step.JaxRunner(args, variant)
+        finally:
+            layers.kernels_for = kernels_for
         runner._run(wait=True)
         runners[name] = runner
-    models.max_pool = ops.max_pool
     times = {name: [] for name in runners}
     for _ in range(args.repeats):
         for name, runner in runners.items():
