@@ -59,8 +59,9 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from alexnet_jax import input_pipeline, models, ops, parallel, steps
+from alexnet_jax import models, ops, parallel, steps
 from alexnet_jax.config_checks import ConfigError
+from alexnet_jax.data_types import Stats
 from alexnet_jax.lrn import LRN
 
 BATCH = parallel.AXIS  # the data-parallel axis: train.py's steps pmean/psum over it
@@ -266,7 +267,7 @@ def _eval_body(state, batch, *, apply_fn, config, stats):
 
 
 def make_steps(
-    config: ml_collections.ConfigDict, stats: input_pipeline.Stats, mesh: Mesh
+    config: ml_collections.ConfigDict, stats: Stats, mesh: Mesh
 ) -> tuple[Callable, Callable]:
     """``steps.train_step`` and ``steps.eval_step`` over ``mesh``, with the tower model."""
     apply_fn = tower_model(config).apply
@@ -299,7 +300,7 @@ def make_steps(
 
 def placement(
     config: ml_collections.ConfigDict,
-    stats: input_pipeline.Stats,
+    stats: Stats,
     devices: list[jax.Device] | None = None,
 ) -> steps.Placement:
     """Section 3.2's placement: towers on device pairs, data parallel across the pairs."""
