@@ -576,6 +576,34 @@ def test_synthetic_batches_resume_and_eval_mask():
     assert out.shape == (2, 4, 32, 32, 3)
 
 
+def test_one_object_per_dataset_and_a_light_datasets_module():
+    """`datasets.get` picks the object; importing `datasets` (as the config checks do) loads
+    neither TensorFlow nor tfds, and no module of the data code patches `sys.modules`."""
+    from alexnet_jax import image_folder, synthetic_data
+
+    kinds = {
+        'imagenet2012': tfds_data.TfdsDataset,
+        'fashion_mnist': tfds_data.TfdsDataset,
+        'cifar10': tfds_data.TfdsDataset,
+        'imagefolder': image_folder.ImageFolder,
+        'synthetic': synthetic_data.Synthetic,
+    }
+    assert set(kinds) == set(datasets.DATASETS)
+    for name, kind in kinds.items():
+        assert type(datasets.get(_config(dataset=name))) is kind
+    code = (
+        'import sys; import alexnet_jax; before = dict(sys.modules); '
+        'from alexnet_jax import datasets; '
+        "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules)); "
+        'from alexnet_jax import dataset_stats, device_preprocessing, input_pipeline; '
+        'print([k for k, v in before.items() if sys.modules.get(k) is not v])'
+    )
+    out = subprocess.run(
+        [sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split('\n')
+    assert out[:2] == ['[]', '[]']
+
+
 # --- bad input: one clear error each ---
 
 

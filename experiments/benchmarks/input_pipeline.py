@@ -149,7 +149,9 @@ def main() -> None:
 
     import tensorflow as tf
 
-    tf.config.set_visible_devices([], 'GPU')
+    from alexnet_jax.input_pipeline import hide_gpus_from_tf
+
+    hide_gpus_from_tf()
     cores = os.cpu_count()
     with tempfile.TemporaryDirectory() as folder:
         paths = write_jpegs(folder, args.images)
