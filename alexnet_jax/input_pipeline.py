@@ -4,7 +4,8 @@ Written once for every source a dataset object gives (`datasets.get(config).sour
 host does geometry only (decode, resize, crop, flip; Sections 2 and 4.1, `preprocessing.py`)
 and ships uint8 images, 4x less host-to-device traffic than float32; the colour work happens on
 the device (`device_preprocessing.py`). Sources of pre-made host arrays (synthetic data) are
-passed through.
+passed through. TensorFlow is kept off the accelerators by `runtime.configure()`, which each
+entry point calls first.
 
 Determinism and resume: the training stream is a function of (config, start_step, host). The
 example at stream position p of a host is (epoch p // n, i = p % n). Random-access sources
@@ -17,7 +18,6 @@ and flips come from stateless ops keyed on (seed, host, epoch, example index).
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterator
 
@@ -29,17 +29,9 @@ import tensorflow as tf
 from alexnet_jax import datasets, preprocessing
 from alexnet_jax.data_types import HostArrays, Source
 
-__all__ = ['create_eval_iter', 'create_train_iter', 'hide_gpus_from_tf', 'per_device_batch']
+__all__ = ['create_eval_iter', 'create_train_iter', 'per_device_batch']
 
 _MAX_POS = 2**62  # "infinite" stream length
-
-
-def hide_gpus_from_tf() -> None:
-    """Keeps TensorFlow off the accelerators, whose memory JAX needs; call once at process start
-    (before TensorFlow first lists its devices). The pipeline itself never calls it."""
-    # RuntimeError: TF already initialised its devices (then hidden before, or none seen).
-    with contextlib.suppress(RuntimeError):
-        tf.config.set_visible_devices([], 'GPU')
 
 
 def _processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:

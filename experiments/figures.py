@@ -85,9 +85,8 @@ def _centre_crops(config: ml_collections.ConfigDict, train: bool, limit: int) ->
     """The first ``limit`` images of a split as the evaluation sees them (centre crop)."""
     import tensorflow as tf
 
-    from alexnet_jax import datasets, input_pipeline, preprocessing
+    from alexnet_jax import datasets, preprocessing
 
-    input_pipeline.hide_gpus_from_tf()
     source = datasets.get(config).source(train=train)
     base_hw = preprocessing.base_size(config, source.image_hw if config.crop_padding else None)
     offsets, flips = preprocessing.eval_offsets(base_hw, config.image_size, 1)
