@@ -570,19 +570,19 @@ def run_config(source: str, variant: str, num_classes: int, stats_path: str):
 
 
 def _stats(source: str, resize: int):
-    from alexnet_jax import dataset_stats
+    from alexnet_jax import image_stats
 
     if source == 'torchvision':
-        mean, std = dataset_stats.IMAGENET_MEAN, dataset_stats.IMAGENET_STD
+        mean, std = image_stats.IMAGENET_MEAN, image_stats.IMAGENET_STD
     else:
         mean = np.asarray(CAFFE_MEAN_BGR[::-1], np.float32)  # RGB
         std = np.ones(3, np.float32)
-    return dataset_stats.Stats(
+    return image_stats.Stats(
         np.broadcast_to(mean, (resize, resize, 3)).astype(np.float32),
         np.asarray(mean, np.float32),
         np.asarray(std, np.float32),
-        dataset_stats.IMAGENET_PCA_EIGVAL,
-        dataset_stats.IMAGENET_PCA_EIGVEC,
+        image_stats.IMAGENET_PCA_EIGVAL,
+        image_stats.IMAGENET_PCA_EIGVEC,
     )
 
 
@@ -595,7 +595,7 @@ def write_run(
     provenance: dict[str, Any] | None = None,
 ) -> str:
     """Writes ``workdir`` as a run directory holding ``params`` at step 0; returns its path."""
-    from alexnet_jax import checkpointing, dataset_stats, metrics, models, steps
+    from alexnet_jax import checkpointing, image_stats, metrics, models, steps
 
     workdir = os.path.abspath(workdir)
     checkpoints = os.path.join(workdir, 'checkpoints')
@@ -605,7 +605,7 @@ def write_run(
     os.makedirs(workdir, exist_ok=True)
     stats_path = os.path.join(workdir, 'stats.npz')
     config = run_config(source, variant, num_classes, stats_path)
-    dataset_stats.save_stats(_stats(source, config.resize_size), stats_path)
+    image_stats.save_stats(_stats(source, config.resize_size), stats_path)
     model = models.create_model(config)
     state = steps.create_train_state(config, model, (config.image_size,) * 2 + (3,), 1)
     fresh = {k: {n: tuple(a.shape) for n, a in v.items()} for k, v in state.params.items()}

@@ -28,7 +28,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
     runtime.configure()
     cli.quiet_libraries()
-    from alexnet_jax import input_pipeline, train
+    from alexnet_jax import dataset_stats, train
 
     try:
         config = train.config_from_workdir(FLAGS.workdir)
@@ -41,7 +41,7 @@ def main(argv: list[str]) -> None:
                 config[field] = int(value) if field == 'eval_crops' else value
         state = train.load_trained_state(config, FLAGS.workdir, FLAGS.step, FLAGS.best)
         step = int(state.step)
-        placement = train.placement_for(config, input_pipeline.load_stats(config))
+        placement = train.placement_for(config, dataset_stats.load_stats(config))
         result = train.evaluate(placement, placement.place_state(state), config)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f'error: {error}')

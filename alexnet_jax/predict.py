@@ -44,7 +44,7 @@ def image_paths(args: list[str]) -> list[str]:
 
     A path that does not exist, or a folder without image files, is a FileNotFoundError.
     """
-    from alexnet_jax.datasets import IMAGE_EXTENSIONS
+    from alexnet_jax.image_folder import IMAGE_EXTENSIONS
 
     paths = []
     for arg in args:
@@ -132,23 +132,23 @@ def main(argv: list[str]) -> None:
         raise app.UsageError('Name at least one image file or folder.')
     runtime.configure()
     cli.quiet_libraries()
-    from alexnet_jax import input_pipeline, train
+    from alexnet_jax import dataset_stats, datasets, device_preprocessing, train
 
     try:
         paths = image_paths(argv[1:])
         config = train.config_from_workdir(FLAGS.workdir)
         config.eval_crops = int(FLAGS.crops)
-        info = input_pipeline.run_dataset_info(config, FLAGS.workdir)
+        info = datasets.run_dataset_info(config, FLAGS.workdir)
         # The first image is read before the model loads: a wrong kind of file fails at once.
         first = load_image(paths[0], config, info.image_shape, info.image_hw, not FLAGS.no_resize)
         state = train.load_trained_state(config, FLAGS.workdir, FLAGS.step)
-        stats = input_pipeline.load_stats(config)
+        stats = dataset_stats.load_stats(config)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f'error: {error}')
 
     @jax.jit
     def probabilities(batch):
-        images = input_pipeline.device_preprocess(batch, None, stats, config, train=False)
+        images = device_preprocessing.device_preprocess(batch, None, stats, config, train=False)
         flat = images.reshape(-1, *images.shape[-3:])
         variables = {'params': state.params, 'batch_stats': state.batch_stats}
         probs = jax.nn.softmax(state.apply_fn(variables, flat, train=False))

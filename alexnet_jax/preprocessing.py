@@ -1,7 +1,7 @@
 """Host-side geometry in TensorFlow: decode, resize, crop, flip, all ending in uint8.
 
-Colour work (PCA noise, normalisation) happens on the device (`input_pipeline.device_preprocess`)
-so that images cross to the accelerator as uint8.
+Colour work (PCA noise, normalisation) happens on the device
+(`device_preprocessing.device_preprocess`) so that images cross to the accelerator as uint8.
 
 Geometry, in "base" coordinates (the image crops are taken from):
 
@@ -18,7 +18,12 @@ rest of the square is zero-filled, since no sample reads it, and the resize is T
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import tensorflow as tf
+
+if TYPE_CHECKING:
+    from alexnet_jax.data_types import Source
 
 _JPEG_MARGIN = 4
 # libjpeg's fast integer IDCT (as TensorFlow's own ImageNet benchmarks decode): ~10% faster,
@@ -33,6 +38,21 @@ def base_size(config, image_hw: tuple[int, int] | None = None) -> tuple[int, int
             raise ValueError('crop_padding > 0 needs the stored image size.')
         return image_hw[0] + 2 * config.crop_padding, image_hw[1] + 2 * config.crop_padding
     return config.resize_size, config.resize_size
+
+
+def source_base_size(config, source: Source) -> tuple[int, int]:
+    """The base size for `source`'s images; crop_padding > 0 needs them all of one size."""
+    if config.crop_padding > 0:
+        if source.image_hw is None:
+            problem = 'needs images of one size'
+            if source.size_problem is not None:
+                problem += ', but ' + source.size_problem()
+            raise ValueError(
+                f'{config.dataset}: crop_padding > 0 (the small-image path) {problem}. Resize '
+                'them to one size, or set config.crop_padding = 0 to resize and crop instead.'
+            )
+        return base_size(config, source.image_hw)
+    return base_size(config)
 
 
 def eval_offsets(base_hw: tuple[int, int], crop: int, num_crops: int) -> tuple[list, list]:

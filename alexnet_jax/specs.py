@@ -27,6 +27,7 @@ from typing import Any
 
 import ml_collections
 
+from alexnet_jax.datasets import DATASETS
 from alexnet_jax.optim import SCHEDULES
 
 NORMS = ('lrn', 'bn', 'none')
@@ -34,7 +35,6 @@ POOLINGS = ('overlapping', 'non_overlapping')
 ACTIVATIONS = ('relu', 'tanh')
 INITS = ('paper', 'modern')
 GROUPS = (1, 2)
-DATASETS = ('imagenet2012', 'fashion_mnist', 'cifar10', 'imagefolder', 'synthetic')
 NORMALIZATIONS = ('mean_image', 'channel', 'none')
 EVAL_CROPS = (1, 10)
 TOWERS = 2  # Section 3.2: two GTX 580 GPUs

@@ -17,7 +17,8 @@ import ml_collections
 import optax
 from flax.training import train_state
 
-from alexnet_jax import input_pipeline, optim, parallel, specs
+from alexnet_jax import device_preprocessing, optim, parallel, specs
+from alexnet_jax.data_types import Stats
 
 AXIS = parallel.AXIS
 
@@ -85,13 +86,13 @@ def train_step(
     rng: jax.Array,
     *,
     config: ml_collections.ConfigDict,
-    stats: input_pipeline.Stats,
+    stats: Stats,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step on this device's shard; gradients and metrics averaged over devices."""
     # Different dropout masks and colour noise on every step and every device.
     rng = jax.random.fold_in(jax.random.fold_in(rng, state.step), jax.lax.axis_index(AXIS))
     dropout_rng, noise_rng = jax.random.split(rng)
-    images = input_pipeline.device_preprocess(
+    images = device_preprocessing.device_preprocess(
         batch, noise_rng, stats, config, train=True, dtype=compute_dtype(config)
     )
     labels = batch['label']
@@ -150,13 +151,13 @@ def eval_step(
     batch: dict[str, jax.Array],
     *,
     config: ml_collections.ConfigDict,
-    stats: input_pipeline.Stats,
+    stats: Stats,
 ) -> dict[str, jax.Array]:
     """Summed loss and error counts over this batch, all devices; padding masked out.
 
     Ten-crop batches (``[B, 10, H, W, C]``) average the softmax over the crops (Section 4.1).
     """
-    images = input_pipeline.device_preprocess(
+    images = device_preprocessing.device_preprocess(
         batch, None, stats, config, train=False, dtype=compute_dtype(config)
     )
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
@@ -170,7 +171,7 @@ def eval_step(
 
 def pmap_steps(
     config: ml_collections.ConfigDict,
-    stats: input_pipeline.Stats,
+    stats: Stats,
     devices: list[jax.Device] | None = None,
 ) -> tuple[Callable, Callable]:
     """The two steps, ``pmap``-ed over local devices with the state unstacked (see parallel)."""
@@ -202,7 +203,7 @@ class Placement(NamedTuple):
     eval_step: Callable  # (state, batch) -> summed metrics
 
 
-def data_parallel(config: ml_collections.ConfigDict, stats: input_pipeline.Stats) -> Placement:
+def data_parallel(config: ml_collections.ConfigDict, stats: Stats) -> Placement:
     """Every local device holds the whole model and a slice of the batch (the default)."""
     specs.check_devices(config, jax.device_count(), jax.local_device_count())
     p_train, p_eval = pmap_steps(config, stats)

@@ -62,7 +62,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from alexnet_jax import input_pipeline, models, parallel, specs, steps
+from alexnet_jax import models, parallel, specs, steps
+from alexnet_jax.data_types import Stats
 from alexnet_jax.specs import ConfigError
 
 BATCH = parallel.AXIS  # the data-parallel axis: the steps pmean/psum over it
@@ -152,7 +153,7 @@ def _eval_body(state, batch, *, apply_fn, config, stats):
 
 
 def make_steps(
-    config: ml_collections.ConfigDict, stats: input_pipeline.Stats, mesh: Mesh
+    config: ml_collections.ConfigDict, stats: Stats, mesh: Mesh
 ) -> tuple[Callable, Callable]:
     """``steps.train_step`` and ``steps.eval_step`` over ``mesh``, with the tower model."""
     apply_fn = tower_model(config).apply
@@ -185,7 +186,7 @@ def make_steps(
 
 def placement(
     config: ml_collections.ConfigDict,
-    stats: input_pipeline.Stats,
+    stats: Stats,
     devices: list[jax.Device] | None = None,
 ) -> steps.Placement:
     """Section 3.2's placement: towers on device pairs, data parallel across the pairs."""

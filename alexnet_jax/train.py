@@ -18,6 +18,8 @@ from etils import epath
 
 from alexnet_jax import (
     checkpointing,
+    dataset_stats,
+    datasets,
     finetune,
     input_pipeline,
     metrics,
@@ -33,9 +35,7 @@ from alexnet_jax.config_checks import validate_config
 log = logging.getLogger(__name__)
 
 
-def placement_for(
-    config: ml_collections.ConfigDict, stats: input_pipeline.Stats
-) -> steps.Placement:
+def placement_for(config: ml_collections.ConfigDict, stats: dataset_stats.Stats) -> steps.Placement:
     if config.model_parallel_towers:  # Section 3.2: each tower on its own device
         return towers.placement(config, stats)
     return steps.data_parallel(config, stats)
@@ -110,14 +110,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     A run that already finished returns its results without training or evaluating again. A
     run stopped by a signal returns ``{'step', 'stopped_by'}`` after saving a checkpoint.
     """
-    config = input_pipeline.complete_config(config)  # e.g. imagefolder: num_classes from folders
+    config = datasets.complete_config(config)  # e.g. imagefolder: num_classes from folders
     validate_config(config, workdir)
     with workdir_lock.hold(workdir) as lock:
         return _train_and_evaluate(config, workdir, lock)
 
 
 def _train_and_evaluate(config, workdir: str, lock) -> dict[str, Any]:
-    info = input_pipeline.get_dataset_info(config)
+    info = datasets.get(config).info()
     steps_per_epoch = optim.steps_per_epoch(config, info.num_train)
     total = optim.total_steps(config, steps_per_epoch)
     ckpt = checkpointing.Checkpointer(workdir, config)
@@ -129,7 +129,7 @@ def _train_and_evaluate(config, workdir: str, lock) -> dict[str, Any]:
             ckpt.close()
             return finished
         writer = metrics.Writer(workdir)
-        stats = input_pipeline.load_stats(config)
+        stats = dataset_stats.load_stats(config)
         model = models.create_model(config, dtype=steps.compute_dtype(config)).clone(
             bn_axis_name=steps.AXIS
         )
@@ -367,7 +367,7 @@ def load_trained_state(
     ``jax.eval_shape``, never compiled or run (0.3 s for the paper's net instead of 13-28 s);
     the parameters come back as numpy arrays.
     """
-    info = input_pipeline.run_dataset_info(config, workdir)
+    info = datasets.run_dataset_info(config, workdir)
     model = models.create_model(config, dtype=steps.compute_dtype(config))
     state = jax.eval_shape(lambda: steps.create_train_state(config, model, info.image_shape, 1))
     ckpt = checkpointing.Checkpointer(workdir, config, read_only=True)

@@ -81,14 +81,13 @@ def plot_filters(config: ml_collections.ConfigDict, state: Any, out: str) -> str
     return out
 
 
-def _centre_crops(config: ml_collections.ConfigDict, split: str, limit: int) -> Iterator[dict]:
-    """The first ``limit`` images of ``split`` as the evaluation sees them (centre crop)."""
+def _centre_crops(config: ml_collections.ConfigDict, train: bool, limit: int) -> Iterator[dict]:
+    """The first ``limit`` images of a split as the evaluation sees them (centre crop)."""
     import tensorflow as tf
 
-    from alexnet_jax import datasets, input_pipeline, preprocessing
+    from alexnet_jax import datasets, preprocessing
 
-    input_pipeline.hide_gpus_from_tf()
-    source = datasets.tfds_source(config, split, 0, 1, train=False)
+    source = datasets.get(config).source(train=train)
     base_hw = preprocessing.base_size(config, source.image_hw if config.crop_padding else None)
     offsets, flips = preprocessing.eval_offsets(base_hw, config.image_size, 1)
     n = min(limit, source.num_examples)
@@ -112,16 +111,14 @@ def _centre_crops(config: ml_collections.ConfigDict, split: str, limit: int) -> 
 
 
 def _examples(config: ml_collections.ConfigDict, train: bool, limit: int) -> dict[str, np.ndarray]:
-    from alexnet_jax import datasets
+    from alexnet_jax import synthetic_data, tfds_data
 
     if config.dataset == 'synthetic':  # tests: random images, so any split will do
-        chunks: Any = datasets.synthetic_eval_examples(config, 0, 1)
-    elif config.dataset not in datasets.EVAL_SPLITS:
+        chunks: Any = synthetic_data.synthetic_eval_examples(config, 0, 1)
+    elif config.dataset not in tfds_data.KINDS:
         raise ValueError(f'neighbours reads tfds datasets only, not {config.dataset!r}.')
     else:
-        chunks = _centre_crops(
-            config, 'train' if train else datasets.EVAL_SPLITS[config.dataset], limit
-        )
+        chunks = _centre_crops(config, train, limit)
     parts, count = [], 0
     for chunk in chunks:
         parts.append(chunk)
@@ -133,15 +130,15 @@ def _examples(config: ml_collections.ConfigDict, train: bool, limit: int) -> dic
 
 def fc7_features(config: ml_collections.ConfigDict, state: Any, examples: dict) -> np.ndarray:
     """fc7 activations [N, hidden] (after the ReLU, no dropout) of uint8 ``examples``."""
-    from alexnet_jax import input_pipeline, models
+    from alexnet_jax import dataset_stats, device_preprocessing, models
 
-    stats = input_pipeline.load_stats(config)
+    stats = dataset_stats.load_stats(config)
     model = models.create_model(config)
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
 
     @jax.jit
     def features(batch):
-        images = input_pipeline.device_preprocess(batch, None, stats, config, train=False)
+        images = device_preprocessing.device_preprocess(batch, None, stats, config, train=False)
         _, sown = model.apply(variables, images, train=False, mutable=['intermediates'])
         return sown['intermediates']['stages'][0]['fc7']
 
@@ -222,9 +219,9 @@ def plot_neighbours(
 
 
 def _class_names(config: ml_collections.ConfigDict) -> list[str]:
-    from alexnet_jax import input_pipeline
+    from alexnet_jax import datasets
 
-    return input_pipeline.get_dataset_info(config).class_names
+    return datasets.get(config).info().class_names
 
 
 def main(argv: Sequence[str] | None = None) -> int:

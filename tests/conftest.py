@@ -25,9 +25,9 @@ def fashion_mnist_data_dir() -> str:
     Built once from Debian's IDX files into $TFDS_DATA_DIR or ~/tensorflow_datasets, which
     persists between runs (the first build takes about 15 s); skipped when the files are absent.
     """
-    from alexnet_jax import datasets
+    from alexnet_jax import tfds_data
 
-    names = [n for pair in datasets.FASHION_MNIST_FILES.values() for n in pair]
+    names = [n for pair in tfds_data.FASHION_MNIST_FILES.values() for n in pair]
     data_dir = os.environ.get('TFDS_DATA_DIR') or os.path.expanduser('~/tensorflow_datasets')
     prepared = os.path.exists(os.path.join(data_dir, 'fashion_mnist'))
     if not prepared and not all(os.path.exists(os.path.join(FASHION_MNIST_DIR, n)) for n in names):
@@ -36,5 +36,5 @@ def fashion_mnist_data_dir() -> str:
     # pytest -n N: one worker prepares, the others wait for it and then find it prepared.
     with open(os.path.join(data_dir, '.fashion_mnist.lock'), 'w') as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        datasets.prepare_fashion_mnist(data_dir)
+        tfds_data.prepare_fashion_mnist(data_dir)
     return data_dir

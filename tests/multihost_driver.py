@@ -18,14 +18,14 @@ def main(out: str, process_id: int = 0, num_processes: int = 1, port: int = 0) -
     if num_processes > 1:
         jax.config.update('jax_cpu_collectives_implementation', 'gloo')
         jax.distributed.initialize(f'127.0.0.1:{port}', num_processes, process_id)
-    from alexnet_jax import input_pipeline, models, parallel, steps
+    from alexnet_jax import dataset_stats, datasets, models, parallel, steps
     from tests.test_train import small_config
 
     config = small_config(dropout_rate=0.0, pca_noise_std=0.0)
-    shape = input_pipeline.get_dataset_info(config).image_shape
+    shape = datasets.get(config).info().image_shape
     model = models.create_model(config).clone(bn_axis_name=parallel.AXIS)
     state = parallel.replicate(steps.create_train_state(config, model, shape, steps=10))
-    p_train, _ = steps.pmap_steps(config, input_pipeline.load_stats(config))
+    p_train, _ = steps.pmap_steps(config, dataset_stats.load_stats(config))
     rng = np.random.default_rng(0)
     devices, local = jax.device_count(), jax.local_device_count()
     for _ in range(STEPS):

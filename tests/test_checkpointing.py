@@ -217,13 +217,13 @@ def test_predict_prints_top5_and_rejects_non_images(tmp_path):
     probs = [float(line.split('%')[0]) for line in lines[1:]]
     assert len(probs) == 5 and probs == sorted(probs, reverse=True) and sum(probs) <= 100.01
     # The same probabilities as the model applied by hand to the same crop.
-    from alexnet_jax import input_pipeline, predict
+    from alexnet_jax import dataset_stats, datasets, device_preprocessing, predict
 
-    info = input_pipeline.get_dataset_info(config)
+    info = datasets.get(config).info()
     batch = predict.load_image(str(image), config, info.image_shape)
     state = train.load_trained_state(config, str(workdir))
-    x = input_pipeline.device_preprocess(
-        batch, None, input_pipeline.load_stats(config), config, train=False
+    x = device_preprocessing.device_preprocess(
+        batch, None, dataset_stats.load_stats(config), config, train=False
     )
     logits = state.apply_fn({'params': state.params}, x.reshape(-1, *x.shape[-3:]), train=False)
     expected = np.sort(np.asarray(jax.nn.softmax(logits)).mean(0))[::-1][:5] * 100
@@ -246,7 +246,7 @@ def test_evaluate_with_no_checkpoint_says_so(tmp_path):
 def test_predict_no_resize_feeds_an_input_sized_image_unchanged(tmp_path):
     from PIL import Image
 
-    from alexnet_jax import input_pipeline
+    from alexnet_jax import dataset_stats
 
     workdir = tmp_path / 'run'
     config = _config(num_train_steps=2, normalization='channel')
@@ -259,7 +259,7 @@ def test_predict_no_resize_feeds_an_input_sized_image_unchanged(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     top = json.loads(proc.stdout.strip().splitlines()[0])['top']
     # The model on the image normalised by hand: (pixel - channel mean) / channel std.
-    stats = input_pipeline.load_stats(config)
+    stats = dataset_stats.load_stats(config)
     x = (pixels.astype(np.float32) - stats.channel_mean) / stats.channel_std
     state = train.load_trained_state(config, str(workdir))
     logits = state.apply_fn({'params': state.params}, x[None], train=False)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import dataset_stats, datasets, input_pipeline, train
+from alexnet_jax import dataset_stats, datasets, image_folder, input_pipeline, tfds_data, train
 from configs import default
 
 CLASSES = ('ant', 'bee', 'cat', 'dog', 'eel')
@@ -68,7 +68,7 @@ def _padded_crop(pixels, yx, flip, pad=4, size=32):
 def test_small_pngs_with_crop_padding_are_padded_crops_of_the_files(tmp_path):
     images = _write_pngs(tmp_path)
     config = _config(tmp_path, random_crop=True, random_flip=True)
-    info = input_pipeline.get_dataset_info(config)
+    info = datasets.get(config).info()
     assert info.image_hw == (32, 32) and info.image_shape == (32, 32, 3)
     it = input_pipeline.create_train_iter(config, local_device_count=1)
     batches = [next(it) for _ in range(8)]
@@ -104,7 +104,7 @@ def test_mixed_sizes_with_crop_padding_name_the_sizes(tmp_path):
     _write_pngs(tmp_path)
     Image.fromarray(np.zeros((28, 30, 3), np.uint8)).save(tmp_path / 'val' / 'ant' / 'odd.png')
     config = _config(tmp_path)
-    assert input_pipeline.get_dataset_info(config).image_hw is None
+    assert datasets.get(config).info().image_hw is None
     with pytest.raises(ValueError, match=r'2 sizes \(HxW: 28x30, 32x32\).*crop_padding = 0'):
         next(input_pipeline.create_train_iter(config, local_device_count=1))
     with pytest.raises(ValueError, match=r'2 sizes'):
@@ -119,17 +119,17 @@ def test_complete_config_counts_the_class_folders(tmp_path, caplog):
     (tmp_path / 'train' / '.ipynb_checkpoints').mkdir()  # hidden: not a class
     config = _config(tmp_path, num_classes=1000)
     with caplog.at_level(logging.INFO, logger='alexnet_jax'):
-        done = input_pipeline.complete_config(config)
+        done = datasets.complete_config(config)
     assert done.num_classes == len(os.listdir(tmp_path / 'train')) - 1 == 5
     assert config.num_classes == 1000  # a copy: the caller's config is untouched
     assert [r.getMessage() for r in caplog.records if 'num_classes' in r.getMessage()] == [
         f'imagefolder: 5 class folders in {tmp_path / "train"}: num_classes = 5.'
     ]
-    assert input_pipeline.get_dataset_info(done).class_names == list(CLASSES)
+    assert datasets.get(done).info().class_names == list(CLASSES)
     with pytest.raises(ValueError, match='num_classes = 5'):  # without it: the old error
-        input_pipeline.get_dataset_info(config)
+        datasets.get(config).info()
     for other in (default.get_config(), _config(tmp_path, dataset='synthetic', num_classes=7)):
-        assert input_pipeline.complete_config(other).to_dict() == other.to_dict()
+        assert datasets.complete_config(other).to_dict() == other.to_dict()
 
 
 def test_training_on_a_folder_takes_num_classes_from_it(tmp_path):
@@ -159,11 +159,11 @@ def test_stats_cache_follows_added_and_rewritten_images(tmp_path):
     root = tmp_path / 'folder'
     _write_pngs(root, per_class=(2, 1))
     config = _config(root, data_dir=str(tmp_path / 'tfds'))
-    first = dataset_stats.cached_stats(config)
-    assert dataset_stats.cached_stats(config).mean_image.tobytes() == first.mean_image.tobytes()
+    first = datasets.get(config).stats()
+    assert datasets.get(config).stats().mean_image.tobytes() == first.mean_image.tobytes()
     # One more image: the cache must not answer with the old folder's statistics.
     Image.fromarray(np.full((32, 32, 3), 255, np.uint8)).save(root / 'train' / 'bee' / 'new.png')
-    added = dataset_stats.cached_stats(config)
+    added = datasets.get(config).stats()
     assert not np.allclose(added.mean_image, first.mean_image)
     # Reference: a second folder that always had these files, computed afresh.
     twin = tmp_path / 'twin'
@@ -176,7 +176,7 @@ def test_stats_cache_follows_added_and_rewritten_images(tmp_path):
     assert len(list(cache.iterdir())) == 2
     # Rewriting a file in place (same name) changes the key too.
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / 'train' / 'bee' / 'new.png')
-    rewritten = dataset_stats.cached_stats(config)
+    rewritten = datasets.get(config).stats()
     assert len(list(cache.iterdir())) == 3
     assert rewritten.mean_image.mean() < added.mean_image.mean()
 
@@ -190,17 +190,17 @@ def test_an_empty_class_folder_is_an_error_naming_it(tmp_path):
     (tmp_path / 'train' / 'fox' / 'notes.txt').write_text('not an image')
     config = _config(tmp_path)
     for call in (
-        lambda: input_pipeline.get_dataset_info(config),
-        lambda: input_pipeline.complete_config(config),
-        lambda: dataset_stats.cached_stats(config),
+        lambda: datasets.get(config).info(),
+        lambda: datasets.complete_config(config),
+        lambda: datasets.get(config).stats(),
     ):
-        with pytest.raises(datasets.ImageFolderError) as error:
+        with pytest.raises(image_folder.ImageFolderError) as error:
             call()
         assert f'class folder {tmp_path / "train" / "fox"} has no images' in str(error.value)
     (tmp_path / 'train' / 'fox' / 'a.png').write_bytes(b'broken')  # all unreadable, skipped
     config = _config(tmp_path, skip_corrupt_images=True)
-    with pytest.raises(datasets.ImageFolderError, match='every image in .*fox is unreadable'):
-        input_pipeline.get_dataset_info(config)
+    with pytest.raises(image_folder.ImageFolderError, match='every image in .*fox is unreadable'):
+        datasets.get(config).info()
 
 
 # --- (e) a truncated JPEG in the statistics step ---
@@ -222,9 +222,9 @@ def test_a_truncated_jpeg_in_the_statistics_is_named_with_the_fix(tmp_path):
     data = bad.read_bytes()
     bad.write_bytes(data[: data.index(b'\xff\xda') + 300])  # cut 300 bytes into the scan data
     config = _config(root, crop_padding=0, resize_size=36, num_classes=3)
-    assert len(datasets.scan_image_folder(str(root), 'train', False).paths) == 9
-    with pytest.raises(datasets.ImageFolderError) as error:
-        dataset_stats.cached_stats(config)
+    assert len(image_folder.scan_image_folder(str(root), 'train', False).paths) == 9
+    with pytest.raises(image_folder.ImageFolderError) as error:
+        datasets.get(config).stats()
     message = str(error.value)
     assert f'cannot decode image {bad}' in message
     assert 'config.skip_corrupt_images=True' in message
@@ -261,7 +261,7 @@ def test_cifar10_without_the_archive_fails_at_once_without_downloading(tmp_path,
     config = default.get_config()
     config.dataset, config.num_classes, config.data_dir = 'cifar10', 10, str(tmp_path / 'tfds')
     with pytest.raises(FileNotFoundError) as error:
-        input_pipeline.get_dataset_info(config)
+        datasets.get(config).info()
     assert calls == []  # tfds's download (minutes of retries offline) was never started
     manual = tmp_path / 'tfds' / 'downloads' / 'manual'
     for part in ('cifar-10-binary.tar.gz', str(manual), '--config.dataset_path='):
@@ -270,7 +270,7 @@ def test_cifar10_without_the_archive_fails_at_once_without_downloading(tmp_path,
     (tmp_path / 'cifar-10-binary.tar.gz').write_bytes(b'stand-in')
     config.dataset_path = str(tmp_path)
     with pytest.raises(ConnectionError):
-        input_pipeline.get_dataset_info(config)
+        datasets.get(config).info()
     assert [str(c.manual_dir) for c in calls] == [str(tmp_path)]
 
 
@@ -285,12 +285,12 @@ def test_fashion_mnist_preparation_is_quiet_and_says_so_once(tmp_path, capfd, ca
     idx.mkdir()
     rng = np.random.default_rng(0)
     for split, n in (('train', 12), ('test', 6)):
-        images_name, labels_name = datasets.FASHION_MNIST_FILES[split]
+        images_name, labels_name = tfds_data.FASHION_MNIST_FILES[split]
         _write_idx(idx / images_name, rng.integers(0, 256, (n, 28, 28)))
         _write_idx(idx / labels_name, rng.integers(0, 10, (n,)))
     data_dir = str(tmp_path / 'tfds')
     with caplog.at_level(logging.INFO, logger='alexnet_jax'):
-        builder = datasets.prepare_fashion_mnist(data_dir, str(idx))
+        builder = tfds_data.prepare_fashion_mnist(data_dir, str(idx))
     assert builder.info.splits['train'].num_examples == 12
     out, err = capfd.readouterr()
     assert 'Downloading and preparing' not in out and 'prepared' not in out, out

@@ -2,6 +2,7 @@
 pixels encode their coordinates, TensorFlow's own resize, numpy arithmetic, and the covariance
 the PCA formula of Section 4.1 implies."""
 
+import dataclasses
 import gzip
 import io
 import os
@@ -15,7 +16,16 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from alexnet_jax import dataset_stats, datasets, input_pipeline, preprocessing
+from alexnet_jax import (
+    data_types,
+    dataset_stats,
+    datasets,
+    device_preprocessing,
+    image_stats,
+    input_pipeline,
+    preprocessing,
+    tfds_data,
+)
 from configs import default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -200,7 +210,7 @@ def test_random_crop_params_cover_the_range():
 def _stats(c=3, base=36, seed=0):
     rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(rng.normal(size=(c, c)))
-    return input_pipeline.Stats(
+    return data_types.Stats(
         rng.uniform(0, 255, (base, base, c)).astype(np.float32),
         rng.uniform(50, 150, c).astype(np.float32),
         rng.uniform(20, 80, c).astype(np.float32),
@@ -214,7 +224,7 @@ def test_pca_noise_covariance_follows_the_formula():
     config = _config(normalization='none', pca_noise_std=sigma)
     batch = {'image': jnp.zeros((n, 2, 3, 3), jnp.uint8)}
     out = np.asarray(
-        input_pipeline.device_preprocess(batch, jax.random.key(1), stats, config, train=True)
+        device_preprocessing.device_preprocess(batch, jax.random.key(1), stats, config, train=True)
     )
     shift = out[:, 0, 0, :]
     np.testing.assert_allclose(out, np.broadcast_to(shift[:, None, None], out.shape), atol=1e-4)
@@ -230,7 +240,7 @@ def test_pca_noise_covariance_follows_the_formula():
         (None, True, 0.1),
         (jax.random.key(1), True, 0.0),
     ]:
-        quiet = input_pipeline.device_preprocess(
+        quiet = device_preprocessing.device_preprocess(
             batch, rng, stats, _config(normalization='none', pca_noise_std=std), train=train
         )
         assert float(jnp.abs(quiet).max()) == 0.0
@@ -244,7 +254,7 @@ def test_device_preprocess_normalisation_matches_numpy():
     flip = np.array([True, False, True, False])
     batch = {'image': image, 'crop_yx': yx, 'flip': flip}
     run = lambda **kw: np.asarray(
-        input_pipeline.device_preprocess(batch, None, stats, _config(**kw), train=False)
+        device_preprocessing.device_preprocess(batch, None, stats, _config(**kw), train=False)
     )
     np.testing.assert_allclose(run(normalization='none'), image.astype(np.float32))
     np.testing.assert_allclose(
@@ -263,7 +273,7 @@ def test_device_preprocess_normalisation_matches_numpy():
     }
     config = _config(normalization='mean_image')
     fn = jax.jit(
-        lambda b: input_pipeline.device_preprocess(
+        lambda b: device_preprocessing.device_preprocess(
             b, None, stats, config, train=False, dtype=jnp.bfloat16
         )
     )
@@ -278,7 +288,7 @@ def test_device_preprocess_normalisation_matches_numpy():
 def test_fashion_mnist_through_tfds_equals_the_idx_files(fashion_mnist_data_dir, raw_fashion):
     import tensorflow_datasets as tfds
 
-    info = input_pipeline.get_dataset_info(_fashion(fashion_mnist_data_dir))
+    info = datasets.get(_fashion(fashion_mnist_data_dir)).info()
     assert (info.num_train, info.num_eval, info.num_classes) == (60_000, 10_000, 10)
     assert info.image_shape == (28, 28, 1) and info.class_names[9] == 'Ankle boot'
     for split in ('train', 'test'):
@@ -324,7 +334,8 @@ def test_train_stream_resumes_exactly_and_host_shards_are_disjoint(
     fashion_mnist_data_dir, monkeypatch, in_memory
 ):
     if not in_memory:  # the TFRecord path ImageNet takes: shuffle buffer + skip of records
-        monkeypatch.setattr(datasets, 'IN_MEMORY', ())
+        records = dataclasses.replace(tfds_data.KINDS['fashion_mnist'], in_memory=False)
+        monkeypatch.setitem(tfds_data.KINDS, 'fashion_mnist', records)
     # 100 hosts: 600 examples each, 64 a step, so epoch 1 starts inside step 9.
     config = _fashion(
         fashion_mnist_data_dir,
@@ -376,7 +387,7 @@ def test_eval_covers_the_split_exactly_once_over_hosts(fashion_mnist_data_dir, r
 
 
 def test_fashion_stats_match_numpy(fashion_mnist_data_dir, raw_fashion):
-    stats = input_pipeline.load_stats(_fashion(fashion_mnist_data_dir))
+    stats = dataset_stats.load_stats(_fashion(fashion_mnist_data_dir))
     images = raw_fashion['train'][0].astype(np.float64)
     assert stats.mean_image.shape == (36, 36, 1)
     np.testing.assert_allclose(stats.mean_image[4:-4, 4:-4, 0], images.mean(0), atol=1e-3)
@@ -434,7 +445,7 @@ def _folder(root, **overrides):
 def test_imagefolder_end_to_end_with_paper_geometry(tmp_path):
     ids = _write_folder(tmp_path)
     config = _folder(tmp_path, eval_crops=10)
-    info = input_pipeline.get_dataset_info(config)
+    info = datasets.get(config).info()
     assert (info.num_train, info.num_eval, info.class_names) == (15, 6, ['cat', 'dog', 'emu'])
     assert info.image_shape == (227, 227, 3)
     batches = _take(input_pipeline.create_train_iter(config, local_device_count=2), 4)
@@ -474,9 +485,9 @@ def test_imagefolder_corrupt_images(tmp_path):
     bad.write_bytes(b'this is not a jpeg')
     config = _folder(tmp_path, image_size=28, resize_size=32)
     with pytest.raises(ValueError, match='broken.jpg'):
-        input_pipeline.get_dataset_info(config)
+        datasets.get(config).info()
     config.skip_corrupt_images = True
-    info = input_pipeline.get_dataset_info(config)
+    info = datasets.get(config).info()
     assert (info.num_train, info.num_skipped) == (15, 1)
     assert next(input_pipeline.create_train_iter(config, local_device_count=1))['image'].shape == (
         1,
@@ -509,7 +520,7 @@ def test_stats_command_on_an_image_folder(tmp_path):
         f'--out={out}',
     ]
     subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True)
-    stats = input_pipeline.load_stats(_folder(tmp_path, resize_size=32, pca_stats=str(out)))
+    stats = dataset_stats.load_stats(_folder(tmp_path, resize_size=32, pca_stats=str(out)))
     # Reference: PIL decode, centre square, TF's bilinear resize, numpy moments.
     bases = []
     for path in sorted((tmp_path / 'train').glob('*/*.jpg')):
@@ -526,7 +537,7 @@ def test_stats_command_on_an_image_folder(tmp_path):
     np.testing.assert_allclose(p @ np.diag(lam) @ p.T, cov, atol=2e-3)
     assert np.all(np.diff(lam) <= 0)
     npz = tmp_path / 'stats.npz'
-    dataset_stats.save_stats(stats, str(npz), num_images=6)
+    image_stats.save_stats(stats, str(npz), num_images=6)
     with np.load(npz, allow_pickle=False) as z:
         np.testing.assert_array_equal(z['pca_eigvec'], stats.pca_eigvec)
 
@@ -560,9 +571,37 @@ def test_synthetic_batches_resume_and_eval_mask():
         lengths.add(len(batches))
         total += sum(int(b['mask'].sum()) for b in batches)
     assert total == 21 and lengths == {3}
-    stats = input_pipeline.load_stats(config)
-    out = input_pipeline.device_preprocess(a[0], jax.random.key(0), stats, config, train=True)
+    stats = dataset_stats.load_stats(config)
+    out = device_preprocessing.device_preprocess(a[0], jax.random.key(0), stats, config, train=True)
     assert out.shape == (2, 4, 32, 32, 3)
+
+
+def test_one_object_per_dataset_and_a_light_datasets_module():
+    """`datasets.get` picks the object; importing `datasets` (as the config checks do) loads
+    neither TensorFlow nor tfds, and no module of the data code patches `sys.modules`."""
+    from alexnet_jax import image_folder, synthetic_data
+
+    kinds = {
+        'imagenet2012': tfds_data.TfdsDataset,
+        'fashion_mnist': tfds_data.TfdsDataset,
+        'cifar10': tfds_data.TfdsDataset,
+        'imagefolder': image_folder.ImageFolder,
+        'synthetic': synthetic_data.Synthetic,
+    }
+    assert set(kinds) == set(datasets.DATASETS)
+    for name, kind in kinds.items():
+        assert type(datasets.get(_config(dataset=name))) is kind
+    code = (
+        'import sys; import alexnet_jax; before = dict(sys.modules); '
+        'from alexnet_jax import datasets; '
+        "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules)); "
+        'from alexnet_jax import dataset_stats, device_preprocessing, input_pipeline; '
+        'print([k for k, v in before.items() if sys.modules.get(k) is not v])'
+    )
+    out = subprocess.run(
+        [sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split('\n')
+    assert out[:2] == ['[]', '[]']
 
 
 # --- bad input: one clear error each ---
@@ -570,7 +609,7 @@ def test_synthetic_batches_resume_and_eval_mask():
 
 def test_unknown_dataset_and_bad_batch_size():
     with pytest.raises(ValueError, match='imagenet2012 \\| fashion_mnist|one of'):
-        input_pipeline.get_dataset_info(_config(dataset='mnist'))
+        datasets.get(_config(dataset='mnist')).info()
     config = _config(dataset='synthetic', batch_size=100)
     with pytest.raises(ValueError, match=r'100.*3 process.*8 local device.*multiple of 24'):
         input_pipeline.create_train_iter(
@@ -583,7 +622,7 @@ def test_unknown_dataset_and_bad_batch_size():
 def test_imagenet_without_tars_names_the_files(tmp_path):
     config = _config(data_dir=str(tmp_path / 'tfds'), manual_dir=str(tmp_path / 'manual'))
     with pytest.raises(FileNotFoundError) as e:
-        input_pipeline.get_dataset_info(config)
+        datasets.get(config).info()
     for part in ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar', str(tmp_path / 'manual')):
         assert part in str(e.value)
 
@@ -596,22 +635,22 @@ def test_fashion_mnist_without_files_or_network_gives_the_apt_command(tmp_path, 
 
     monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', offline)
     with pytest.raises(FileNotFoundError, match='apt-get install dataset-fashion-mnist'):
-        datasets.prepare_fashion_mnist(str(tmp_path / 'tfds'), str(tmp_path / 'nothing'))
+        tfds_data.prepare_fashion_mnist(str(tmp_path / 'tfds'), str(tmp_path / 'nothing'))
 
 
 def test_imagefolder_layout_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match='train'):
-        input_pipeline.get_dataset_info(_folder(tmp_path))
+        datasets.get(_folder(tmp_path)).info()
     (tmp_path / 'train' / 'cat').mkdir(parents=True)
     (tmp_path / 'train' / 'dog').mkdir(parents=True)
     (tmp_path / 'train' / 'emu').mkdir(parents=True)
     with pytest.raises(ValueError, match='no images'):
-        input_pipeline.get_dataset_info(_folder(tmp_path))
+        datasets.get(_folder(tmp_path)).info()
 
 
 def test_class_count_and_cifar_archive_errors(fashion_mnist_data_dir, tmp_path):
     with pytest.raises(ValueError, match='num_classes = 10'):
-        input_pipeline.get_dataset_info(_fashion(fashion_mnist_data_dir, num_classes=1000))
+        datasets.get(_fashion(fashion_mnist_data_dir, num_classes=1000)).info()
     config = _config(
         dataset='cifar10',
         num_classes=10,
@@ -619,4 +658,4 @@ def test_class_count_and_cifar_archive_errors(fashion_mnist_data_dir, tmp_path):
         dataset_path=str(tmp_path),
     )
     with pytest.raises(FileNotFoundError, match='cifar-10-binary.tar.gz'):
-        input_pipeline.get_dataset_info(config)
+        datasets.get(config).info()

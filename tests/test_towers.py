@@ -19,7 +19,15 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from alexnet_jax import input_pipeline, models, optim, parallel, steps, towers
+from alexnet_jax import (
+    dataset_stats,
+    device_preprocessing,
+    models,
+    optim,
+    parallel,
+    steps,
+    towers,
+)
 from configs import imagenet
 
 pytestmark = pytest.mark.skipif(
@@ -53,7 +61,7 @@ def _copy(tree):
 @pytest.fixture(scope='module')
 def setup():
     config = _config()
-    stats = input_pipeline.load_stats(config)
+    stats = dataset_stats.load_stats(config)
     model = models.create_model(config)
     host_state = jax.device_get(steps.create_train_state(config, model, (227, 227, 3), 10))
     rng = np.random.default_rng(0)
@@ -162,7 +170,7 @@ def forward(setup):
         )
     )
     placed = jax.device_put(params, towers.state_shardings(params, mesh))
-    images = input_pipeline.device_preprocess(
+    images = device_preprocessing.device_preprocess(
         setup['batch'], None, setup['stats'], setup['config'], train=False
     )
     return fn.lower(placed, images).compile(), placed, images

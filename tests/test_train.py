@@ -10,7 +10,16 @@ import numpy as np
 import optax
 import pytest
 
-from alexnet_jax import input_pipeline, models, optim, parallel, steps, train
+from alexnet_jax import (
+    dataset_stats,
+    datasets,
+    device_preprocessing,
+    models,
+    optim,
+    parallel,
+    steps,
+    train,
+)
 from configs import fashion_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,7 +44,7 @@ def small_config(**overrides):
 
 
 def _state_and_batch(config, global_batch=8):
-    shape = input_pipeline.get_dataset_info(config).image_shape
+    shape = datasets.get(config).info().image_shape
     model = models.create_model(config).clone(bn_axis_name=parallel.AXIS)
     state = steps.create_train_state(config, model, shape, steps=10)
     rng = np.random.default_rng(0)
@@ -47,7 +56,7 @@ def _state_and_batch(config, global_batch=8):
 
 
 def _run_step(config, state, batch, devices):
-    stats = input_pipeline.load_stats(config)
+    stats = dataset_stats.load_stats(config)
     p_train, _ = steps.pmap_steps(config, stats, devices)
     n = len(devices)
     sharded = {k: v.reshape(n, -1, *v.shape[1:]) for k, v in batch.items()}
@@ -88,8 +97,8 @@ def test_step_matches_plain_gradient_descent_on_the_global_batch():
     config = small_config(dropout_rate=0.0, pca_noise_std=0.0, weight_decay=0.0005)
     state, batch = _state_and_batch(config)
     new_state, metrics = _run_step(config, state, batch, jax.local_devices()[:1])
-    stats = input_pipeline.load_stats(config)
-    images = input_pipeline.device_preprocess(batch, None, stats, config, train=False)
+    stats = dataset_stats.load_stats(config)
+    images = device_preprocessing.device_preprocess(batch, None, stats, config, train=False)
 
     def loss_fn(params):
         logits = state.apply_fn({'params': params}, images, train=True)
@@ -109,7 +118,7 @@ def test_step_matches_plain_gradient_descent_on_the_global_batch():
 def test_train_step_compiles_once():
     config = small_config()
     state, batch = _state_and_batch(config)
-    stats = input_pipeline.load_stats(config)
+    stats = dataset_stats.load_stats(config)
     p_train, _ = steps.pmap_steps(config, stats)
     n = jax.local_device_count()
     batch = {k: np.repeat(v, n, axis=0).reshape(n, -1, *v.shape[1:]) for k, v in batch.items()}
@@ -131,7 +140,7 @@ def test_one_device_step_updates_parameters_in_place():
     """No all-reduce on one device, and still no copy of any kernel before its update."""
     config = small_config()
     state, batch = _state_and_batch(config)
-    stats = input_pipeline.load_stats(config)
+    stats = dataset_stats.load_stats(config)
     devices = jax.local_devices()[:1]
     p_train, _ = steps.pmap_steps(config, stats, devices)
     batch = {k: v[None] for k, v in batch.items()}

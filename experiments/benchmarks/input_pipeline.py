@@ -22,8 +22,6 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
 import numpy as np
 from PIL import Image
 
@@ -147,9 +145,11 @@ def main() -> None:
     parser.add_argument('--passes', type=int, default=3)
     args = parser.parse_args()
 
+    from alexnet_jax import runtime
+
+    runtime.configure()  # TensorFlow's log level; on an accelerator host, TensorFlow sees no GPU
     import tensorflow as tf
 
-    tf.config.set_visible_devices([], 'GPU')
     cores = os.cpu_count()
     with tempfile.TemporaryDirectory() as folder:
         paths = write_jpegs(folder, args.images)

@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
 
-from alexnet_jax import input_pipeline, models, steps, towers  # noqa: E402
+from alexnet_jax import dataset_stats, models, steps, towers  # noqa: E402
 from configs import imagenet  # noqa: E402
 
 
@@ -92,7 +92,7 @@ class Runner:
 
 def main(args: argparse.Namespace) -> None:
     config = _config(args.batch)
-    stats = input_pipeline.load_stats(config)
+    stats = dataset_stats.load_stats(config)
     model = models.create_model(config)
     host_state = jax.device_get(steps.create_train_state(config, model, (227, 227, 3), 100))
     runners = [

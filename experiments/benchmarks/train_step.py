@@ -71,7 +71,8 @@ class JaxRunner:
         # as a training run gets them; no other flag is set.
         import jax
 
-        from alexnet_jax import datasets, input_pipeline, models, parallel, steps
+        from alexnet_jax import dataset_stats, input_pipeline, models, parallel, steps
+        from alexnet_jax.synthetic_data import synthetic_train
         from configs import imagenet
 
         self.jax = jax
@@ -83,14 +84,14 @@ class JaxRunner:
         config.half_precision = args.half
         self.rss_base = _rss_mib()
         devices = jax.local_device_count()
-        stats = input_pipeline.load_stats(config)
+        stats = dataset_stats.load_stats(config)
         model = models.create_model(config, dtype=steps.compute_dtype(config))
         model = model.clone(bn_axis_name=steps.AXIS)
         shape = (config.image_size, config.image_size, 3)
         state = steps.create_train_state(config, model, shape, steps=1)
         self.state = parallel.replicate(state)
         per_device = input_pipeline.per_device_batch(config.batch_size, devices, 1)
-        batch = next(datasets.synthetic_train(config, devices, per_device, 0, 0))
+        batch = next(synthetic_train(config, devices, per_device, 0, 0))
         self.batch = parallel.shard(batch)
         self.rng = jax.random.key(config.seed + 1)
         self.step, _ = steps.pmap_steps(config, stats)

@@ -1,0 +1,120 @@
+"""The values the data code passes between its modules, and the shape of a dataset object.
+
+A dataset object (`tfds_data.TfdsDataset`, `image_folder.ImageFolder`,
+`synthetic_data.Synthetic`; chosen by `datasets.get`) offers its :class:`DatasetInfo`, the
+:class:`Source` of a split on one host, and its :class:`Stats`. `input_pipeline` streams any
+source to host batches; `device_preprocessing` uses the statistics on the device. Nothing here
+imports TensorFlow or JAX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import ml_collections
+    import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    num_train: int
+    num_eval: int
+    num_classes: int
+    image_shape: tuple[int, int, int]  # (H, W, C) of the model input
+    class_names: list[str]
+    num_skipped: int = 0  # corrupt images skipped (imagefolder with skip_corrupt_images)
+    image_hw: tuple[int, int] | None = None  # the stored images' (H, W), when all have one size
+
+
+class Stats(NamedTuple):
+    """Training-set statistics. Pixel units: 0-255, except the PCA ones (RGB in [0, 1]).
+
+    mean_image is over *base* images (the 256x256 resized square, or the zero-padded small
+    image), so that a crop's mean is the same crop of it (Caffe crops its mean image likewise).
+    pca_eigvec holds eigenvectors as columns, pca_eigval is in descending order.
+    """
+
+    mean_image: np.ndarray  # [B_h, B_w, C]
+    channel_mean: np.ndarray  # [C]
+    channel_std: np.ndarray  # [C]
+    pca_eigval: np.ndarray  # [C]
+    pca_eigvec: np.ndarray  # [C, C]
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """The examples of one split on one host, read through `tf.data`.
+
+    Exactly one of ``lookup`` (random access: index tensor -> {'image', 'label'}) and ``records``
+    (a finite dataset of {'image', 'label'} in a fixed order) is set. ``encoded`` tells whether
+    'image' holds encoded bytes (JPEG/PNG) or a decoded uint8 [H, W, C] tensor.
+    ``decode_error(error, candidates)`` turns a decode failure into one error naming the file
+    (among ``candidates``, a range of this split's files, or every file of the dataset when
+    None); None where the source has no files to name.
+    """
+
+    num_examples: int
+    encoded: bool
+    channels: int
+    lookup: Callable[[tf.Tensor], dict[str, tf.Tensor]] | None = None
+    records: tf.data.Dataset | None = None
+    num_skipped: int = 0  # corrupt images skipped (imagefolder, skip_corrupt_images=True)
+    jpeg: bool = False  # every encoded image is a JPEG (enables windowed decoding)
+    image_hw: tuple[int, int] | None = None  # when every image has this size
+    decode_error: Callable[[Exception, slice | None], Exception] | None = None
+    size_problem: Callable[[], str] | None = None  # why image_hw is None, in words
+
+
+@dataclasses.dataclass(frozen=True)
+class HostArrays:
+    """Examples made on the host as numpy arrays, not read through `tf.data` (synthetic data).
+
+    ``train_batches(devices, per_device, start_step)`` yields [devices, per_device, ...]
+    batches from `start_step` on; ``eval_chunks()`` yields this host's evaluation examples.
+    """
+
+    num_examples: int
+    train_batches: Callable[[int, int, int], Iterator[dict[str, np.ndarray]]]
+    eval_chunks: Callable[[], Iterator[dict[str, np.ndarray]]]
+
+
+class Dataset(Protocol):
+    """What every dataset object offers; built from a config by `datasets.get`."""
+
+    config: ml_collections.ConfigDict
+
+    def info(self) -> DatasetInfo:
+        """Sizes, classes, the model input shape and the stored image size."""
+        ...
+
+    def source(
+        self, *, train: bool, process_index: int = 0, process_count: int = 1
+    ) -> Source | HostArrays:
+        """This host's share of the training (equal shares) or evaluation split (each once)."""
+        ...
+
+    def stats(self) -> Stats:
+        """The training set's statistics: published, exact, or computed once and cached."""
+        ...
+
+    def base_shape(self) -> tuple[int, int, int] | None:
+        """The shape `Stats.mean_image` must have (None: it depends on the stored size)."""
+        ...
+
+    def complete_config(self, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+        """`config` with the fields the dataset decides filled in (in place; returned)."""
+        ...
+
+
+def tfds_data_dir(config: Any) -> str:
+    """The tfds data dir (also where statistics are cached): `config.data_dir`, else
+    $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+    if config.data_dir:
+        return os.path.expanduser(config.data_dir)
+    return os.environ.get('TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
