@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from alexnet_jax import checkpointing, convert, finetune, models, optim, steps, train
+from alexnet_jax import checkpointing, convert, finetune, models, optim, steps, train, weight_files
 from configs import default
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -201,7 +201,7 @@ def test_safetensors_reader_reads_the_spec(tmp_path):
     }
     path = str(tmp_path / 'x.safetensors')
     write_safetensors(path, tensors, metadata={'format': 'pt'})
-    got = convert.read_safetensors(path)
+    got = weight_files.read_safetensors(path)
     assert set(got) == set(tensors)
     for name, array in tensors.items():
         assert got[name].dtype == array.dtype and got[name].shape == array.shape
@@ -215,7 +215,7 @@ def test_safetensors_bfloat16_is_widened_exactly(tmp_path):
     path = tmp_path / 'b.safetensors'
     path.write_bytes(struct.pack('<Q', len(header)) + header + upper.tobytes())
     expected = (upper.astype(np.uint32) << 16).view(np.float32)
-    np.testing.assert_array_equal(convert.read_safetensors(str(path))['b'], expected)
+    np.testing.assert_array_equal(weight_files.read_safetensors(str(path))['b'], expected)
 
 
 @pytest.mark.parametrize('keep', [4, 40, -3])
@@ -224,8 +224,8 @@ def test_truncated_safetensors_is_one_error_naming_the_file(tmp_path, keep):
     write_safetensors(str(path), {'w': np.ones((8, 8), np.float32)})
     data = path.read_bytes()
     path.write_bytes(data[:keep])
-    with pytest.raises(convert.TruncatedFileError, match='cut.safetensors is truncated'):
-        convert.read_safetensors(str(path))
+    with pytest.raises(weight_files.TruncatedFileError, match='cut.safetensors is truncated'):
+        weight_files.read_safetensors(str(path))
 
 
 # --- torchvision -> owt ---
@@ -314,7 +314,7 @@ def test_converted_owt_equals_pytorch_and_pth_equals_safetensors(
     torch.save(net.state_dict(), pth)
     st = str(tmp_path / 'alexnet.safetensors')
     write_safetensors(st, {k: v.detach().numpy() for k, v in net.state_dict().items()})
-    from_pth, from_st = convert.read_state_dict(pth), convert.read_state_dict(st)
+    from_pth, from_st = weight_files.read_state_dict(pth), weight_files.read_state_dict(st)
     assert set(from_pth) == set(from_st) == set(tv_weights)
     for k in tv_weights:
         np.testing.assert_array_equal(from_pth[k], from_st[k])
@@ -331,7 +331,7 @@ def test_bad_state_dicts_are_one_error_naming_the_keys(tv_weights):
     del sd['features.3.bias']
     sd['features.99.weight'] = np.zeros(3, np.float32)
     sd['features.0.weight'] = np.zeros((64, 3, 3, 3), np.float32)
-    with pytest.raises(convert.ConversionError) as info:
+    with pytest.raises(weight_files.ConversionError) as info:
         convert.torchvision_to_params(sd, 'x.pth')
     message = str(info.value)
     assert 'x.pth' in message and 'missing features.3.bias' in message
@@ -350,8 +350,8 @@ def test_a_pickle_that_is_not_a_state_dict_is_refused_never_executed(tmp_path):
     _Evil.marker = str(marker)
     path = tmp_path / 'evil.pth'
     path.write_bytes(pickle.dumps({'features.0.weight': evil}))
-    with pytest.raises(convert.ConversionError, match='evil.pth'):
-        convert.read_state_dict(str(path))
+    with pytest.raises(weight_files.ConversionError, match='evil.pth'):
+        weight_files.read_state_dict(str(path))
     assert not marker.exists()
 
 
@@ -360,8 +360,8 @@ def test_a_truncated_pth_is_one_error_naming_it(tmp_path, tv_weights):
     path = tmp_path / 'cut.pth'
     torch.save({k: torch.from_numpy(v) for k, v in list(tv_weights.items())[:2]}, str(path))
     path.write_bytes(path.read_bytes()[:5000])
-    with pytest.raises(convert.TruncatedFileError, match='cut.pth is truncated'):
-        convert.read_state_dict(str(path))
+    with pytest.raises(weight_files.TruncatedFileError, match='cut.pth is truncated'):
+        weight_files.read_state_dict(str(path))
 
 
 # --- Caffe -> paper / caffenet ---
@@ -485,7 +485,7 @@ def test_caffemodel_reader_reads_a_protobuf_written_with_the_schema(tmp_path, v1
     lrn = {'local_size': 3, 'alpha': 2e-4, 'beta': 0.5, 'k': 1.5, 'norm_region': 0}
     path = tmp_path / 'small.caffemodel'
     path.write_bytes(_caffe_net(small, v1=v1, pool_first=False, lrn=lrn))
-    layers = convert.read_caffemodel(str(path))
+    layers = weight_files.read_caffemodel(str(path))
     names = [layer['name'] for layer in layers]
     assert names[:4] == ['conv1', 'relu1', 'norm1', 'pool1'] and names[-1] == 'fc8'
     by_name = {layer['name']: layer for layer in layers}
@@ -507,8 +507,8 @@ def test_truncated_caffemodel_is_one_error_naming_it(tmp_path):
     data = _caffe_net(blobs, v1=False, pool_first=False)
     path = tmp_path / 'cut.caffemodel'
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(convert.TruncatedFileError, match='cut.caffemodel is truncated'):
-        convert.read_caffemodel(str(path))
+    with pytest.raises(weight_files.TruncatedFileError, match='cut.caffemodel is truncated'):
+        weight_files.read_caffemodel(str(path))
 
 
 @pytest.fixture(scope='module')
@@ -556,7 +556,7 @@ def test_caffe_layers_with_wrong_shapes_are_named(caffe_blobs):
         layers[1], blobs=[np.zeros((256, 96, 5, 5), np.float32), layers[1]['blobs'][1]]
     )
     layers = [layer for layer in layers if layer['name'] != 'fc7']
-    with pytest.raises(convert.ConversionError) as info:
+    with pytest.raises(weight_files.ConversionError) as info:
         convert.caffe_to_params(layers, path='m.caffemodel')
     assert 'missing fc7.bias, fc7.weight' in str(info.value)
     assert 'conv2.weight (256, 96, 5, 5) (expected (256, 48, 5, 5))' in str(info.value)
