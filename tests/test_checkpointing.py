@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpointing, train
+from alexnet_jax import checkpointing, train, trained
 from tests.test_train import ROOT, small_config
 
 # Dropout, colour noise and a plateau schedule that divides mid-run: every source of state and
@@ -29,7 +29,7 @@ def _config(**overrides):
 
 
 def _final_params(workdir, config):
-    state = train.load_trained_state(config, str(workdir))
+    state = trained.load_trained_state(config, str(workdir))
     return int(state.step), jax.tree.leaves(jax.device_get(state.params)), state
 
 
@@ -221,7 +221,7 @@ def test_predict_prints_top5_and_rejects_non_images(tmp_path):
 
     info = input_pipeline.get_dataset_info(config)
     batch = predict.load_image(str(image), config, info.image_shape)
-    state = train.load_trained_state(config, str(workdir))
+    state = trained.load_trained_state(config, str(workdir))
     x = input_pipeline.device_preprocess(
         batch, None, input_pipeline.load_stats(config), config, train=False
     )
@@ -261,7 +261,7 @@ def test_predict_no_resize_feeds_an_input_sized_image_unchanged(tmp_path):
     # The model on the image normalised by hand: (pixel - channel mean) / channel std.
     stats = input_pipeline.load_stats(config)
     x = (pixels.astype(np.float32) - stats.channel_mean) / stats.channel_std
-    state = train.load_trained_state(config, str(workdir))
+    state = trained.load_trained_state(config, str(workdir))
     logits = state.apply_fn({'params': state.params}, x[None], train=False)
     probs = np.asarray(jax.nn.softmax(logits))[0]
     expected = np.argsort(-probs, kind='stable')[:3]
