@@ -2,8 +2,9 @@
 and the inference both evaluation and ``predict`` use, ``pmap``-ed over the local devices.
 
 Each is a plain function of (state, batch[, rng]) returning new values; nothing here reads
-files or keeps state. The driver (``train.py``) and the two-tower placement (``towers.py``)
-build on them.
+files or keeps state. The driver (``train.py``), the evaluation loop (``evaluation.py``) and the
+two-tower placement (``towers.py``) build on them; ``predict`` and the figures infer through
+:func:`predict_probs`.
 """
 
 import functools

@@ -1,7 +1,10 @@
 """The training procedure of Section 5: the driver around the pure steps of ``steps.py``.
 
-:func:`train_and_evaluate` is a short sequence of named helpers: set up (or resume) a run, then
-loop over train, maybe evaluate, maybe save, maybe stop, and finish with the final evaluation.
+:func:`train_and_evaluate` sets up (or resumes) a run, then loops over named steps: train,
+maybe evaluate, maybe save, maybe stop; it finishes with the final evaluation and results.json.
+What it drives lives elsewhere: the steps (``steps.py``, ``towers.py``), the evaluation loop
+(``evaluation.py``), checkpoints (``checkpointing.py``), signals (``preemption.py``), logs
+(``metrics.py``). A finished run is read back by ``trained.py``.
 """
 
 import json
@@ -25,6 +28,7 @@ from alexnet_jax import (
     preemption,
     steps,
     towers,
+    trained,
     workdir_lock,
 )
 from alexnet_jax.config_checks import validate_config
@@ -35,6 +39,7 @@ log = logging.getLogger(__name__)
 def placement_for(
     config: ml_collections.ConfigDict, stats: input_pipeline.Stats
 ) -> steps.Placement:
+    """Data parallel over the local devices, or the paper's two towers (training, evaluate)."""
     if config.model_parallel_towers:  # Section 3.2: each tower on its own device
         return towers.placement(config, stats)
     return steps.data_parallel(config, stats)
@@ -73,7 +78,7 @@ def _train_and_evaluate(config, workdir: str, lock) -> dict[str, Any]:
     ckpt = checkpointing.Checkpointer(workdir, config)
     writer = None
     try:
-        finished = _finished_results(ckpt, workdir, total)
+        finished = trained.finished_results(ckpt, workdir, total)
         if finished is not None:
             log.info('Already finished at step %d: %s/results.json is unchanged.', total, workdir)
             ckpt.close()
@@ -136,18 +141,6 @@ def _initial_state(
     if not ckpt.steps():  # a fresh run: config.init_from's parameters, if set
         state = finetune.load_initial_params(config, state)
     return state
-
-
-def _finished_results(
-    ckpt: checkpointing.Checkpointer, workdir: str, total: int
-) -> dict[str, Any] | None:
-    """The results of a run that already reached ``total`` and wrote them; else None."""
-    saved = ckpt.steps()
-    if not saved or saved[-1] < total:
-        return None
-    ckpt.check_config(saved[-1])  # the same network, or one error saying what differs
-    results = metrics.read_results(workdir)
-    return results if results is not None and results.get('step') == saved[-1] else None
 
 
 def _loop(run: _Run, state: steps.TrainState, start: int) -> dict[str, Any]:

@@ -1,15 +1,17 @@
-"""A training run read back from its workdir: the config it ran with and a checkpoint's state.
+"""A training run read back from its workdir: its config, a checkpoint's state, its results.
 
-What ``evaluate``, ``predict``, the figures and the tests start from; nothing here trains.
+What ``evaluate``, ``predict``, the figures and the tests start from, and how the driver knows
+a run has already finished; nothing here trains.
 """
 
 import json
+from typing import Any
 
 import jax
 import ml_collections
 from etils import epath
 
-from alexnet_jax import checkpointing, input_pipeline, models, steps
+from alexnet_jax import checkpointing, input_pipeline, metrics, models, steps
 
 
 def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
@@ -46,3 +48,15 @@ def load_trained_state(
         return ckpt.restore(state, step)
     finally:
         ckpt.close()
+
+
+def finished_results(
+    ckpt: checkpointing.Checkpointer, workdir: str, total: int
+) -> dict[str, Any] | None:
+    """The results of a run that already reached ``total`` and wrote them; else None."""
+    saved = ckpt.steps()
+    if not saved or saved[-1] < total:
+        return None
+    ckpt.check_config(saved[-1])  # the same network, or one error saying what differs
+    results = metrics.read_results(workdir)
+    return results if results is not None and results.get('step') == saved[-1] else None
