@@ -310,6 +310,26 @@ def test_ten_crop_eval_step_averages_the_softmax_over_crops():
     assert abs((one_crop * mask).sum() - (loss * mask).sum()) > 1e-3
 
 
+def test_predict_probs_keeps_what_the_model_sows_per_image_and_crop():
+    """The figures' fc7 through the one inference path equals model.apply's, crop by crop."""
+    config = small_config()
+    state, batch = _state_and_batch(config)
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+    images = np.asarray(batch['image'], np.float32).reshape(4, 2, *batch['image'].shape[1:])
+    probs, sown = steps.predict_probs(state.apply_fn, variables, images, sown=True)
+    np.testing.assert_array_equal(probs, steps.predict_probs(state.apply_fn, variables, images))
+    for crop in range(2):
+        _, direct = state.apply_fn(
+            variables, images[:, crop], train=False, mutable=['intermediates']
+        )
+        np.testing.assert_allclose(
+            sown['stages'][0]['fc7'][:, crop],
+            direct['intermediates']['stages'][0]['fc7'],
+            rtol=1e-4,  # another batch size: XLA may sum in another order
+            atol=1e-4,
+        )
+
+
 def test_nan_loss_stops_the_run_naming_the_step(tmp_path):
     config = small_config(learning_rate=1e12, num_train_steps=20, log_every_steps=1)
     with pytest.raises(FloatingPointError, match=r'at step \d+'):
