@@ -71,7 +71,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         return _train_and_evaluate(config, workdir, lock)
 
 
-def _train_and_evaluate(config, workdir: str, lock) -> dict[str, Any]:
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, lock: workdir_lock.WorkdirLock | None
+) -> dict[str, Any]:
+    """Sets up (or resumes) the run, runs :func:`_loop`, and releases what it opened."""
     info = input_pipeline.get_dataset_info(config)
     steps_per_epoch = optim.steps_per_epoch(config, info.num_train)
     total = optim.total_steps(config, steps_per_epoch)
@@ -104,17 +107,9 @@ def _train_and_evaluate(config, workdir: str, lock) -> dict[str, Any]:
         steps_per_epoch,
         start,
     )
-    run = _Run(
-        config,
-        total,
-        placement,
-        ckpt,
-        writer,
-        metrics.Progress(config, start, total, steps_per_epoch, writer),
-        preemption.PreemptionWatcher(),
-        lock,
-        info.num_eval,
-    )
+    progress = metrics.Progress(config, start, total, steps_per_epoch, writer)
+    watcher = preemption.PreemptionWatcher()
+    run = _Run(config, total, placement, ckpt, writer, progress, watcher, lock, info.num_eval)
     try:
         return _loop(run, state, start)
     finally:
