@@ -17,7 +17,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 from typing import Any
 
 import jax
@@ -26,7 +25,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import serialization
-from jax.experimental import multihost_utils
 
 from alexnet_jax import parallel, specs
 
@@ -313,49 +311,3 @@ def _shorten_orbax_log() -> None:
     absl_logger = logging.getLogger('absl')
     if not any(isinstance(f, _OrbaxLogFilter) for f in absl_logger.filters):
         absl_logger.addFilter(_OrbaxLogFilter())
-
-
-class PreemptionWatcher:
-    """Turns SIGTERM (what schedulers send before preemption) and Ctrl-C into a clean stop.
-
-    The stop happens at a step boundary, after a checkpoint; an evaluation in progress is
-    abandoned (:meth:`requested` is checked between its batches). With several processes, JAX's
-    distributed runtime catches SIGTERM and every host agrees on the same step through its
-    preemption sync point; a single process uses a signal handler.
-    """
-
-    def __init__(self):
-        self.signal_name: str | None = None
-        self._previous: dict[int, Any] = {}
-        self._multihost = jax.process_count() > 1
-        signals = (signal.SIGINT,) if self._multihost else (signal.SIGTERM, signal.SIGINT)
-        for sig in signals:
-            with contextlib.suppress(ValueError):  # not the main thread: no handler
-                self._previous[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        self.signal_name = signal.Signals(signum).name
-
-    def requested(self) -> bool:
-        """Whether this process has been asked to stop (no communication with other hosts)."""
-        return self.signal_name is not None and not self._multihost
-
-    def reached(self, step: int) -> str | None:
-        if self._multihost and multihost_utils.reached_preemption_sync_point(step):
-            return 'preemption notice'
-        return self.signal_name
-
-    def close(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-
-def exit_code(stopped_by: str) -> int:
-    """The exit status of a run stopped by a signal: 128 + its number, as shells report it.
-
-    A preemption notice on several hosts comes from SIGTERM. Retry wrappers tell a preempted
-    run (143 or 130: rerun to resume) from a finished one (0) and a failed one (1).
-    """
-    name = 'SIGTERM' if stopped_by == 'preemption notice' else stopped_by
-    return 128 + int(signal.Signals[name])

@@ -28,10 +28,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
     runtime.configure()
     cli.quiet_libraries()
-    from alexnet_jax import dataset_stats, train
+    from alexnet_jax import dataset_stats, evaluation, train, trained
 
     try:
-        config = train.config_from_workdir(FLAGS.workdir)
+        config = trained.config_from_workdir(FLAGS.workdir)
         for field, value in (
             ('eval_crops', FLAGS.crops),
             ('data_dir', FLAGS.data_dir),
@@ -39,10 +39,10 @@ def main(argv: list[str]) -> None:
         ):
             if value is not None:
                 config[field] = int(value) if field == 'eval_crops' else value
-        state = train.load_trained_state(config, FLAGS.workdir, FLAGS.step, FLAGS.best)
+        state = trained.load_trained_state(config, FLAGS.workdir, FLAGS.step, FLAGS.best)
         step = int(state.step)
         placement = train.placement_for(config, dataset_stats.load_stats(config))
-        result = train.evaluate(placement, placement.place_state(state), config)
+        result = evaluation.evaluate(placement, placement.place_state(state), config)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f'error: {error}')
     result = {'step': step, 'eval_crops': config.eval_crops, **result}

@@ -158,7 +158,11 @@ def main(argv: list[str]) -> None:
 
 def _train(config) -> int:
     """Trains; the exit status (see the module docstring)."""
-    from alexnet_jax import checkpointing, train  # after initialize: TF must not grab devices
+    from alexnet_jax import (  # after initialize: TF must not grab devices
+        checkpointing,
+        preemption,
+        train,
+    )
     from alexnet_jax.config_checks import ConfigError
     from alexnet_jax.workdir_lock import WorkdirLockedError
 
@@ -179,7 +183,7 @@ def _train(config) -> int:
         print(f'error: {error}', file=sys.stderr)
         return 1
     if 'stopped_by' in results:
-        return checkpointing.exit_code(results['stopped_by'])
+        return preemption.exit_code(results['stopped_by'])
     errors = (
         [f'top-1 error {results["eval_top1_error"]:.4f}'] if 'eval_top1_error' in results else []
     )

@@ -23,8 +23,6 @@ import ml_collections
 import numpy as np
 import optax
 
-SCHEDULES = ('plateau', 'step', 'cosine', 'constant')
-
 
 def paper_sgd(
     learning_rate: optax.ScalarOrSchedule,

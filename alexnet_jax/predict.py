@@ -132,27 +132,26 @@ def main(argv: list[str]) -> None:
         raise app.UsageError('Name at least one image file or folder.')
     runtime.configure()
     cli.quiet_libraries()
-    from alexnet_jax import dataset_stats, datasets, device_preprocessing, train
+    from alexnet_jax import dataset_stats, datasets, device_preprocessing, steps, trained
 
     try:
         paths = image_paths(argv[1:])
-        config = train.config_from_workdir(FLAGS.workdir)
+        config = trained.config_from_workdir(FLAGS.workdir)
         config.eval_crops = int(FLAGS.crops)
         info = datasets.run_dataset_info(config, FLAGS.workdir)
         # The first image is read before the model loads: a wrong kind of file fails at once.
         first = load_image(paths[0], config, info.image_shape, info.image_hw, not FLAGS.no_resize)
-        state = train.load_trained_state(config, FLAGS.workdir, FLAGS.step)
+        state = trained.load_trained_state(config, FLAGS.workdir, FLAGS.step)
         stats = dataset_stats.load_stats(config)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f'error: {error}')
 
+    variables = {'params': state.params, 'batch_stats': state.batch_stats}
+
     @jax.jit
-    def probabilities(batch):
+    def probabilities(variables, batch):  # the evaluation's inference, on one image's crops
         images = device_preprocessing.device_preprocess(batch, None, stats, config, train=False)
-        flat = images.reshape(-1, *images.shape[-3:])
-        variables = {'params': state.params, 'batch_stats': state.batch_stats}
-        probs = jax.nn.softmax(state.apply_fn(variables, flat, train=False))
-        return probs.reshape(images.shape[0], -1, probs.shape[-1]).mean(axis=1)
+        return steps.predict_probs(state.apply_fn, variables, images)
 
     def batches() -> Iterator[tuple[str, dict]]:
         yield paths[0], first
@@ -164,7 +163,7 @@ def main(argv: list[str]) -> None:
 
     try:
         for path, batch in batches():
-            probs = np.asarray(probabilities(batch))[0]
+            probs = np.asarray(probabilities(variables, batch))[0]
             top = [int(i) for i in np.argsort(-probs, kind='stable')[: FLAGS.top]]
             names = [info.class_names[i] if i < len(info.class_names) else str(i) for i in top]
             if FLAGS.json:

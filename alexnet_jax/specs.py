@@ -28,7 +28,6 @@ from typing import Any
 import ml_collections
 
 from alexnet_jax.datasets import DATASETS
-from alexnet_jax.optim import SCHEDULES
 
 NORMS = ('lrn', 'bn', 'none')
 POOLINGS = ('overlapping', 'non_overlapping')
@@ -36,6 +35,7 @@ ACTIVATIONS = ('relu', 'tanh')
 INITS = ('paper', 'modern')
 GROUPS = (1, 2)
 NORMALIZATIONS = ('mean_image', 'channel', 'none')
+SCHEDULES = ('plateau', 'step', 'cosine', 'constant')  # optim.lr_schedule's
 EVAL_CROPS = (1, 10)
 TOWERS = 2  # Section 3.2: two GTX 580 GPUs
 

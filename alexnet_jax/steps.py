@@ -2,8 +2,9 @@
 and the inference both evaluation and ``predict`` use, ``pmap``-ed over the local devices.
 
 Each is a plain function of (state, batch[, rng]) returning new values; nothing here reads
-files or keeps state. The driver (``train.py``) and the two-tower placement (``towers.py``)
-build on them.
+files or keeps state. The driver (``train.py``), the evaluation loop (``evaluation.py``) and the
+two-tower placement (``towers.py``) build on them; ``predict`` and the figures infer through
+:func:`predict_probs`.
 """
 
 import functools
@@ -133,17 +134,29 @@ def train_step(
     return new_state, step_metrics
 
 
-def predict_probs(apply_fn: Callable, variables: Any, images: jax.Array) -> jax.Array:
+def predict_probs(
+    apply_fn: Callable, variables: Any, images: jax.Array, *, sown: bool = False
+) -> Any:
     """Class probabilities in eval mode: ``[N, classes]`` from images ``[N, H, W, C]``, or from
     crops ``[N, crops, H, W, C]`` with the softmax averaged over each image's crops (Section 4.1:
     "averaging the predictions made by the network's softmax layer on the ten patches").
 
-    The one inference path: the eval step, ``predict`` and the figures all call it.
+    The one inference path: the eval step, ``predict`` and the figures all call it. With
+    ``sown=True`` it returns ``(probs, intermediates)``: also what the model sows on the way
+    (its named activations, e.g. fc7 for Figure 4), each with the images' leading axes.
     """
-    crops = images.shape[1] if images.ndim == 5 else 1
+    lead = images.shape[:-3]
     flat = images.reshape(-1, *images.shape[-3:])
-    probs = jax.nn.softmax(apply_fn(variables, flat, train=False))
-    return probs.reshape(-1, crops, probs.shape[-1]).mean(axis=1)
+    if sown:
+        logits, collections = apply_fn(variables, flat, train=False, mutable=['intermediates'])
+    else:
+        logits = apply_fn(variables, flat, train=False)
+    probs = jax.nn.softmax(logits).reshape(*lead, logits.shape[-1])
+    probs = probs.mean(axis=1) if images.ndim == 5 else probs
+    if not sown:
+        return probs
+    per_image = jax.tree.map(lambda x: x.reshape(*lead, *x.shape[1:]), collections['intermediates'])
+    return probs, per_image
 
 
 def eval_step(

@@ -1,33 +1,37 @@
 """The training procedure of Section 5: the driver around the pure steps of ``steps.py``.
 
-:func:`train_and_evaluate` is a short sequence of named helpers: set up (or resume) a run, then
-loop over train, maybe evaluate, maybe save, maybe stop, and finish with the final evaluation.
+:func:`train_and_evaluate` sets up (or resumes) a run, then loops over named steps: train,
+maybe evaluate, maybe save, maybe stop; it finishes with the final evaluation and results.json.
+What it drives lives elsewhere: the steps (``steps.py``, ``towers.py``), the evaluation loop
+(``evaluation.py``), checkpoints (``checkpointing.py``), signals (``preemption.py``), logs
+(``metrics.py``). A finished run is read back by ``trained.py``.
 """
 
-import itertools
 import json
 import logging
 import time
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import ml_collections
 import numpy as np
-from etils import epath
 
 from alexnet_jax import (
     checkpointing,
     dataset_stats,
     datasets,
+    evaluation,
     finetune,
     input_pipeline,
     metrics,
     models,
     optim,
     parallel,
+    preemption,
+    specs,
     steps,
     towers,
+    trained,
     workdir_lock,
 )
 from alexnet_jax.config_checks import validate_config
@@ -36,58 +40,10 @@ log = logging.getLogger(__name__)
 
 
 def placement_for(config: ml_collections.ConfigDict, stats: dataset_stats.Stats) -> steps.Placement:
+    """Data parallel over the local devices, or the paper's two towers (training, evaluate)."""
     if config.model_parallel_towers:  # Section 3.2: each tower on its own device
         return towers.placement(config, stats)
     return steps.data_parallel(config, stats)
-
-
-def evaluate(
-    placement: steps.Placement,
-    state: steps.TrainState,
-    config: ml_collections.ConfigDict,
-    *,
-    stop: Callable[[], bool] = lambda: False,
-    progress: Callable[[int], None] = lambda done: None,
-) -> dict | None:
-    """Loss and top-1/top-5 error over the evaluation split, each image counted once.
-
-    ``config.eval_num_examples`` limits it to the split's first images (whole batches). Returns
-    None when ``stop()`` turns true between batches (a signal asked the run to stop).
-    """
-    totals: dict[str, float] = {}
-    batches = input_pipeline.create_eval_iter(config, local_device_count=placement.data_devices)
-    if config.eval_num_examples:
-        global_batch = config.eval_batch_size or config.batch_size
-        batches = itertools.islice(batches, -(-config.eval_num_examples // global_batch))
-    for batch in parallel.prefetch(batches, 1, placement.place_batch):
-        if stop():
-            return None
-        for key, value in jax.device_get(placement.eval_step(state, batch)).items():
-            totals[key] = totals.get(key, 0.0) + float(value)
-        progress(int(totals['count']) * jax.process_count())
-    count = totals.pop('count', 0.0)
-    if count == 0:
-        raise RuntimeError('The evaluation split yielded no examples.')
-    result = {
-        'eval_loss': totals['loss'] / count,
-        'eval_top1_error': totals['top1_errors'] / count,
-        'eval_count': int(count),
-    }
-    if 'top5_errors' in totals:
-        result['eval_top5_error'] = totals['top5_errors'] / count
-    return result
-
-
-def _maybe_update_plateau(state: steps.TrainState, error: float, config) -> steps.TrainState:
-    if config.lr_schedule != 'plateau':
-        return state
-    plateau, divide = optim.update_plateau(state.plateau, error, config)
-    opt_state = state.opt_state
-    if divide:
-        lr = float(optim.current_learning_rate(opt_state)) * config.plateau_factor
-        log.info('Validation error stopped improving: learning rate now %g.', lr)
-        opt_state = optim.set_learning_rate(opt_state, lr)
-    return state.replace(plateau=plateau, opt_state=opt_state)
 
 
 class _Run(NamedTuple):
@@ -99,7 +55,7 @@ class _Run(NamedTuple):
     ckpt: checkpointing.Checkpointer
     writer: metrics.Writer
     progress: metrics.Progress
-    preemption: checkpointing.PreemptionWatcher
+    preemption: preemption.PreemptionWatcher
     lock: workdir_lock.WorkdirLock | None
     num_eval: int
 
@@ -112,31 +68,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     config = datasets.complete_config(config)  # e.g. imagefolder: num_classes from folders
     validate_config(config, workdir)
+    # The devices this run uses (the placement checks again, for evaluate and the benchmarks).
+    specs.check_devices(config, jax.device_count(), jax.local_device_count())
     with workdir_lock.hold(workdir) as lock:
         return _train_and_evaluate(config, workdir, lock)
 
 
-def _train_and_evaluate(config, workdir: str, lock) -> dict[str, Any]:
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, lock: workdir_lock.WorkdirLock | None
+) -> dict[str, Any]:
+    """Sets up (or resumes) the run, runs :func:`_loop`, and releases what it opened."""
     info = datasets.get(config).info()
     steps_per_epoch = optim.steps_per_epoch(config, info.num_train)
     total = optim.total_steps(config, steps_per_epoch)
     ckpt = checkpointing.Checkpointer(workdir, config)
     writer = None
     try:
-        finished = _finished_results(ckpt, workdir, total)
+        finished = trained.finished_results(ckpt, workdir, total)
         if finished is not None:
             log.info('Already finished at step %d: %s/results.json is unchanged.', total, workdir)
             ckpt.close()
             return finished
         writer = metrics.Writer(workdir)
         stats = dataset_stats.load_stats(config)
-        model = models.create_model(config, dtype=steps.compute_dtype(config)).clone(
-            bn_axis_name=steps.AXIS
-        )
-        state = steps.create_train_state(config, model, info.image_shape, steps_per_epoch)
-        state = ckpt.restore(state)
-        if not ckpt.steps():  # a fresh run: config.init_from's parameters, if set
-            state = finetune.load_initial_params(config, state)
+        state = _initial_state(config, ckpt, info.image_shape, steps_per_epoch)
     except BaseException:
         ckpt.close()
         if writer is not None:
@@ -155,17 +110,9 @@ def _train_and_evaluate(config, workdir: str, lock) -> dict[str, Any]:
         steps_per_epoch,
         start,
     )
-    run = _Run(
-        config,
-        total,
-        placement,
-        ckpt,
-        writer,
-        metrics.Progress(config, start, total, steps_per_epoch, writer),
-        checkpointing.PreemptionWatcher(),
-        lock,
-        info.num_eval,
-    )
+    progress = metrics.Progress(config, start, total, steps_per_epoch, writer)
+    watcher = preemption.PreemptionWatcher()
+    run = _Run(config, total, placement, ckpt, writer, progress, watcher, lock, info.num_eval)
     try:
         return _loop(run, state, start)
     finally:
@@ -177,96 +124,134 @@ def _train_and_evaluate(config, workdir: str, lock) -> dict[str, Any]:
             writer.close()
 
 
-def _finished_results(
-    ckpt: checkpointing.Checkpointer, workdir: str, total: int
-) -> dict[str, Any] | None:
-    """The results of a run that already reached ``total`` and wrote them; else None."""
-    saved = ckpt.steps()
-    if not saved or saved[-1] < total:
-        return None
-    ckpt.check_config(saved[-1])  # the same network, or one error saying what differs
-    results = metrics.read_results(workdir)
-    return results if results is not None and results.get('step') == saved[-1] else None
+def _initial_state(
+    config: ml_collections.ConfigDict,
+    ckpt: checkpointing.Checkpointer,
+    image_shape: tuple[int, ...],
+    steps_per_epoch: int,
+) -> steps.TrainState:
+    """The newest readable checkpoint's state; for a fresh run, new or ``init_from`` weights."""
+    model = models.create_model(config, dtype=steps.compute_dtype(config)).clone(
+        bn_axis_name=steps.AXIS
+    )
+    state = steps.create_train_state(config, model, image_shape, steps_per_epoch)
+    state = ckpt.restore(state)
+    if not ckpt.steps():  # a fresh run: config.init_from's parameters, if set
+        state = finetune.load_initial_params(config, state)
+    return state
 
 
 def _loop(run: _Run, state: steps.TrainState, start: int) -> dict[str, Any]:
-    """The steps, read as named steps: train, maybe evaluate, maybe save, maybe stop."""
-    config = run.config
+    """Train, maybe evaluate, maybe save, maybe stop; after the last step, :func:`_finish`."""
     batches = parallel.prefetch(
         input_pipeline.create_train_iter(
-            config, local_device_count=run.placement.data_devices, start_step=start
+            run.config, local_device_count=run.placement.data_devices, start_step=start
         ),
-        config.prefetch_batches,
+        run.config.prefetch_batches,
         run.placement.place_batch,
     )
-    rng = jax.random.key(config.seed + 1)
-    if _evaluation_due(run, start) and run.ckpt.manager.metrics(start) is None:
-        # Stopped during this step's evaluation last time: do it now, as the run would have.
-        state, _ = _evaluate_and_adapt(run, state, start)
+    rng = jax.random.key(run.config.seed + 1)
+    state = _redo_interrupted_evaluation(run, state, start)
     step = start
     while step < run.total:
-        state, step_metrics = run.placement.train_step(state, next(batches), rng)
-        step += 1
-        run.progress.record(step, step_metrics)
-        run.ckpt.poll()  # a failed background write surfaces here, within a step
-        if run.lock is not None:
-            run.lock.heartbeat()
-        if run.progress.due(step):
-            _check_finite(run)
-            run.progress.flush(step)
-        eval_result = None
-        if _evaluation_due(run, step):
-            state, eval_result = _evaluate_and_adapt(run, state, step)
+        state, step = _train(run, state, next(batches), rng, step)
+        state, eval_result = _maybe_evaluate(run, state, step)
         stop = run.preemption.reached(step)
-        every = step % config.checkpoint_every_steps == 0 and step < run.total
-        if eval_result is not None or stop or every:  # (the last step: saved by _finish)
-            _save(run, step, state, eval_result)
+        _maybe_save(run, step, state, eval_result, stop)
         if stop:
-            run.ckpt.wait()
-            log.warning('Stopped by %s at step %d, checkpoint saved: rerun to resume.', stop, step)
-            return {'step': step, 'stopped_by': stop}
+            return _stopped(run, step, stop, f'at step {step}, checkpoint saved: rerun to resume')
     return _finish(run, state, step)
+
+
+def _train(
+    run: _Run, state: steps.TrainState, batch: Any, rng: jax.Array, step: int
+) -> tuple[steps.TrainState, int]:
+    """One SGD step, recorded; a failed checkpoint write or a non-finite loss raises here."""
+    state, step_metrics = run.placement.train_step(state, batch, rng)
+    step += 1
+    run.progress.record(step, step_metrics)
+    run.ckpt.poll()  # a failed background write surfaces here, within a step
+    if run.lock is not None:
+        run.lock.heartbeat()
+    if run.progress.due(step):
+        _check_finite(run)
+        run.progress.flush(step)
+    return state, step
+
+
+def _evaluates(run: _Run) -> bool:
+    return run.config.eval_num_examples != 0 and run.num_eval > 0
 
 
 def _evaluation_due(run: _Run, step: int) -> bool:
     """Periodic evaluations (centre crop) between the first step and the last."""
-    evaluates = run.config.eval_num_examples != 0 and run.num_eval > 0
-    return evaluates and 0 < step < run.total and step % run.config.eval_every_steps == 0
+    return _evaluates(run) and 0 < step < run.total and step % run.config.eval_every_steps == 0
 
 
-def _evaluate_and_adapt(
+def _redo_interrupted_evaluation(run: _Run, state: steps.TrainState, start: int):
+    """A run stopped during its evaluation at ``start`` does it now, as it would have."""
+    if _evaluation_due(run, start) and run.ckpt.manager.metrics(start) is None:
+        state, _ = _maybe_evaluate(run, state, start)
+    return state
+
+
+def _maybe_evaluate(
     run: _Run, state: steps.TrainState, step: int
-) -> tuple[steps.TrainState, Any]:
-    """A centre-crop evaluation, and the plateau rule applied to it; None if interrupted."""
+) -> tuple[steps.TrainState, dict | None]:
+    """When due, a centre-crop evaluation and the plateau rule applied to it (Section 5).
+
+    The result is None when no evaluation was due, or when a signal interrupted it.
+    """
+    if not _evaluation_due(run, step):
+        return state, None
     started = time.perf_counter()
-    result = _run_evaluation(run, state, _center_crop(run.config))
+    result = _run_evaluation(run, state, evaluation.center_crop(run.config))
     if result is not None:
-        run.writer.write_scalars(step, result)
-        _log_eval(step, result)
+        _record_evaluation(run, step, result)
         state = _maybe_update_plateau(state, result['eval_top1_error'], run.config)
         state = run.placement.place_state(state)  # new host values, same layout: no recompile
     run.progress.exclude(time.perf_counter() - started)
     return state, result
 
 
+def _maybe_update_plateau(state: steps.TrainState, error: float, config) -> steps.TrainState:
+    if config.lr_schedule != 'plateau':
+        return state
+    plateau, divide = optim.update_plateau(state.plateau, error, config)
+    opt_state = state.opt_state
+    if divide:
+        lr = float(optim.current_learning_rate(opt_state)) * config.plateau_factor
+        log.info('Validation error stopped improving: learning rate now %g.', lr)
+        opt_state = optim.set_learning_rate(opt_state, lr)
+    return state.replace(plateau=plateau, opt_state=opt_state)
+
+
 def _run_evaluation(
     run: _Run, state: steps.TrainState, config: ml_collections.ConfigDict
 ) -> dict[str, Any] | None:
-    """:func:`evaluate` with progress shown, abandoned (None) when a signal asks to stop."""
-    return evaluate(
+    """:func:`evaluation.evaluate` with progress shown; None when a signal asks to stop."""
+    return evaluation.evaluate(
         run.placement,
         state,
         config,
         stop=run.preemption.requested,
-        progress=run.progress.eval_progress(_eval_size(run, config)),
+        progress=run.progress.eval_progress(evaluation.size(config, run.num_eval)),
     )
 
 
-def _eval_size(run: _Run, config: ml_collections.ConfigDict) -> int:
-    if not config.eval_num_examples:
-        return run.num_eval
-    global_batch = config.eval_batch_size or config.batch_size
-    return min(run.num_eval, -(-config.eval_num_examples // global_batch) * global_batch)
+def _record_evaluation(run: _Run, step: int, result: dict[str, Any]) -> None:
+    run.writer.write_scalars(step, result)
+    evaluation.log_result(step, result)
+
+
+def _maybe_save(
+    run: _Run, step: int, state: steps.TrainState, eval_result: dict | None, stop: str | None
+) -> None:
+    """Saves after an evaluation, on a stop and every ``checkpoint_every_steps`` (not the last
+    step: :func:`_finish` saves it once, with the final evaluation)."""
+    every = step % run.config.checkpoint_every_steps == 0 and step < run.total
+    if eval_result is not None or stop or every:
+        _save(run, step, state, eval_result)
 
 
 def _check_finite(run: _Run, step: int | None = None, state: steps.TrainState | None = None) -> Any:
@@ -299,22 +284,18 @@ def _save(run: _Run, step: int, state: steps.TrainState, eval_result: dict | Non
 
 def _finish(run: _Run, state: steps.TrainState, step: int) -> dict[str, Any]:
     """The final evaluation (``config.eval_crops``), the last checkpoint and results.json."""
-    config = run.config
     _check_finite(run)
     if run.progress.pending:
         run.progress.flush(step)
     eval_result: dict[str, Any] = {}
-    if config.eval_num_examples != 0 and run.num_eval > 0:
-        result = _run_evaluation(run, state, config)
+    if _evaluates(run):
+        result = _run_evaluation(run, state, run.config)
         if result is None:  # a signal during the final evaluation: rerun evaluates again
             _save(run, step, state)
-            run.ckpt.wait()
             stop = run.preemption.reached(step)
-            log.warning('Stopped by %s during the final evaluation: rerun to finish.', stop)
-            return {'step': step, 'stopped_by': stop}
+            return _stopped(run, step, stop, 'during the final evaluation: rerun to finish')
         eval_result = result
-        run.writer.write_scalars(step, eval_result)
-        _log_eval(step, eval_result)
+        _record_evaluation(run, step, eval_result)
     _save(run, step, state, eval_result or None)
     run.ckpt.wait()
     results = {
@@ -322,62 +303,14 @@ def _finish(run: _Run, state: steps.TrainState, step: int) -> dict[str, Any]:
         **eval_result,
         'train_loss': run.progress.last.get('loss'),
         'images_per_sec': run.progress.images_per_sec(),
-        'config': json.loads(config.to_json_best_effort()),
+        'config': json.loads(run.config.to_json_best_effort()),
     }
     run.writer.write_results(results)
     return metrics.json_safe(results)
 
 
-def _log_eval(step: int, result: dict[str, float]) -> None:
-    top5 = f', top-5 error {result["eval_top5_error"]:.4f}' if 'eval_top5_error' in result else ''
-    log.info(
-        'eval at step %d (%d images): top-1 error %.4f%s, loss %.4f',
-        step,
-        result['eval_count'],
-        result['eval_top1_error'],
-        top5,
-        result['eval_loss'],
-    )
-
-
-def _center_crop(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Periodic evaluations use the centre crop; the final one uses ``config.eval_crops``."""
-    config = config.copy_and_resolve_references()
-    config.eval_crops = 1
-    return config
-
-
-def config_from_workdir(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run in ``workdir`` was started with (its ``config.json``)."""
-    path = epath.Path(workdir) / 'config.json'
-    if not path.exists():
-        raise FileNotFoundError(
-            f'{path} does not exist: --workdir must be the directory of a training run '
-            f'(python -m alexnet_jax.main --workdir ...).'
-        )
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
-def load_trained_state(
-    config: ml_collections.ConfigDict, workdir: str, step: int | None = None, best: bool = False
-) -> steps.TrainState:
-    """The state of checkpoint ``step`` (or the best by validation error, or the newest).
-
-    The restore target is built from shapes only: ``model.init`` is traced by
-    ``jax.eval_shape``, never compiled or run (0.3 s for the paper's net instead of 13-28 s);
-    the parameters come back as numpy arrays.
-    """
-    info = datasets.run_dataset_info(config, workdir)
-    model = models.create_model(config, dtype=steps.compute_dtype(config))
-    state = jax.eval_shape(lambda: steps.create_train_state(config, model, info.image_shape, 1))
-    ckpt = checkpointing.Checkpointer(workdir, config, read_only=True)
-    try:
-        if best:
-            step = ckpt.best_step()
-            if step is None:
-                raise FileNotFoundError(f'No evaluated checkpoint in {ckpt.directory}.')
-        if step is None and not ckpt.manager.all_steps():
-            raise FileNotFoundError(f'No checkpoint in {ckpt.directory}: train first.')
-        return ckpt.restore(state, step)
-    finally:
-        ckpt.close()
+def _stopped(run: _Run, step: int, stop: str | None, when: str) -> dict[str, Any]:
+    """The answer of a run stopped by a signal, once its checkpoint is on disk."""
+    run.ckpt.wait()
+    log.warning('Stopped by %s %s.', stop, when)
+    return {'step': step, 'stopped_by': stop}

@@ -26,10 +26,10 @@ import numpy as np
 
 def load_run(workdir: str, step: int | None = None) -> tuple[ml_collections.ConfigDict, Any]:
     """The run's config and its trained state (newest checkpoint, or ``step``)."""
-    from alexnet_jax import train
+    from alexnet_jax import trained
 
-    config = train.config_from_workdir(workdir)
-    return config, train.load_trained_state(config, workdir, step=step)
+    config = trained.config_from_workdir(workdir)
+    return config, trained.load_trained_state(config, workdir, step=step)
 
 
 def filter_mosaic(kernel: np.ndarray, columns: int | None = None, border: int = 1) -> np.ndarray:
@@ -130,22 +130,23 @@ def _examples(config: ml_collections.ConfigDict, train: bool, limit: int) -> dic
 
 def fc7_features(config: ml_collections.ConfigDict, state: Any, examples: dict) -> np.ndarray:
     """fc7 activations [N, hidden] (after the ReLU, no dropout) of uint8 ``examples``."""
-    from alexnet_jax import dataset_stats, device_preprocessing, models
+    from alexnet_jax import dataset_stats, device_preprocessing, models, steps
 
     stats = dataset_stats.load_stats(config)
     model = models.create_model(config)
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
 
     @jax.jit
-    def features(batch):
+    def features(variables, batch):  # the evaluation's inference, keeping what fc7 sowed
         images = device_preprocessing.device_preprocess(batch, None, stats, config, train=False)
-        _, sown = model.apply(variables, images, train=False, mutable=['intermediates'])
-        return sown['intermediates']['stages'][0]['fc7']
+        _, sown = steps.predict_probs(model.apply, variables, images, sown=True)
+        return sown['stages'][0]['fc7']
 
     out = []
     keys = ('image', 'crop_yx', 'flip')
     for start in range(0, len(examples['label']), 256):
-        out.append(np.asarray(features({k: examples[k][start : start + 256] for k in keys})))
+        batch = {k: examples[k][start : start + 256] for k in keys}
+        out.append(np.asarray(features(variables, batch)))
     return np.concatenate(out)
 
 

@@ -589,7 +589,9 @@ def converted_dir(tmp_path_factory, tv_weights):
 
 
 def test_the_command_writes_a_run_directory_evaluate_can_restore(converted_dir, tv_weights):
-    config = train.config_from_workdir(converted_dir)
+    from alexnet_jax import trained
+
+    config = trained.config_from_workdir(converted_dir)
     assert (config.model, config.image_size, config.resize_size) == ('owt', 224, 256)
     assert config.normalization == 'channel' and config.eval_crops == 1
     stats = np.load(config.pca_stats)
@@ -672,7 +674,9 @@ def test_fine_tuning_from_a_converted_checkpoint_learns_with_frozen_layers_fixed
     assert len(losses) >= 10
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
 
-    final = train.load_trained_state(config, workdir)
+    from alexnet_jax import trained
+
+    final = trained.load_trained_state(config, workdir)
     source = convert.torchvision_to_params(tv_weights)  # what the converted checkpoint holds
     for layer in ('conv1', 'conv2'):  # frozen: bit for bit
         for name in ('kernel', 'bias'):

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpointing, specs, train, workdir_lock
+from alexnet_jax import checkpointing, evaluation, specs, train, trained, workdir_lock
 from tests.test_multihost import _free_port
 from tests.test_train import ROOT, small_config
 
@@ -142,7 +142,7 @@ def test_full_disk_keeps_the_last_complete_checkpoint(tmp_path):
         assert len(errors) == 1 and 'No space left on device' in errors[0], out[-3000:]
         assert 'Newest complete checkpoint: step 2' in errors[0]
         assert _steps(workdir) == [2]
-        state = train.load_trained_state(small_config(), str(workdir))
+        state = trained.load_trained_state(small_config(), str(workdir))
         assert int(state.step) == 2
         assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
 
@@ -152,7 +152,7 @@ def test_full_disk_keeps_the_last_complete_checkpoint(tmp_path):
 
 def _assert_every_checkpoint_finite(workdir, config):
     for step in _steps(workdir):
-        state = train.load_trained_state(config, str(workdir), step=step)
+        state = trained.load_trained_state(config, str(workdir), step=step)
         for leaf in jax.tree.leaves(jax.device_get(state.params)):
             assert np.isfinite(leaf).all(), f'checkpoint {step} holds non-finite parameters'
 
@@ -219,9 +219,9 @@ def test_corrupt_newest_checkpoint_is_replaced_by_the_recovered_run(tmp_path):
     _corrupt(workdir / 'checkpoints' / '4')
     results = train.train_and_evaluate(config, str(workdir))
     assert results['step'] == 4
-    state = train.load_trained_state(config, str(workdir))  # the newest: 4, readable again
+    state = trained.load_trained_state(config, str(workdir))  # the newest: 4, readable again
     assert int(state.step) == 4
-    expected = train.load_trained_state(config, str(reference))
+    expected = trained.load_trained_state(config, str(reference))
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(expected.params), strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -286,7 +286,7 @@ def test_a_run_stopped_mid_evaluation_redoes_it_on_resume(tmp_path, monkeypatch)
     reference = tmp_path / 'reference'
     train.train_and_evaluate(config, str(reference))
 
-    original = train.evaluate
+    original = evaluation.evaluate
     calls = []
 
     def interrupted_at_step_4(placement, state, cfg, **kwargs):
@@ -295,7 +295,7 @@ def test_a_run_stopped_mid_evaluation_redoes_it_on_resume(tmp_path, monkeypatch)
             os.kill(os.getpid(), signal.SIGTERM)  # arrives before the first batch
         return original(placement, state, cfg, **kwargs)
 
-    monkeypatch.setattr(train, 'evaluate', interrupted_at_step_4)
+    monkeypatch.setattr(evaluation, 'evaluate', interrupted_at_step_4)
     workdir = tmp_path / 'run'
     results = train.train_and_evaluate(config, str(workdir))
     assert results == {'step': 4, 'stopped_by': 'SIGTERM'}

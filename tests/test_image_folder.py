@@ -146,9 +146,11 @@ def test_training_on_a_folder_takes_num_classes_from_it(tmp_path):
     )
     results = train.train_and_evaluate(config, str(workdir))
     assert results['step'] == 2 and results['eval_count'] == 5
-    saved = train.config_from_workdir(str(workdir))
+    from alexnet_jax import trained
+
+    saved = trained.config_from_workdir(str(workdir))
     assert saved.num_classes == 5
-    state = train.load_trained_state(saved, str(workdir))
+    state = trained.load_trained_state(saved, str(workdir))
     assert state.params['fc8']['kernel'].shape[-1] == 5
 
 

@@ -233,10 +233,10 @@ def test_restored_state_equals_the_checkpoint_read_directly(trained_run):
     import orbax.checkpoint as ocp
     from flax import serialization
 
-    from alexnet_jax import train
+    from alexnet_jax import trained
 
     workdir, config = trained_run
-    state = train.load_trained_state(config, str(workdir))
+    state = trained.load_trained_state(config, str(workdir))
     assert int(state.step) == 2
     # A second path: orbax's own restore without any target, as stored.
     raw = ocp.StandardCheckpointer().restore(workdir / 'checkpoints' / '2' / 'state')
