@@ -18,6 +18,7 @@ from alexnet_jax import (
     optim,
     parallel,
     steps,
+    synthetic_data,
     train,
     trained,
 )
@@ -92,7 +93,7 @@ def eval_by_hand(state, config, images, labels):
 
 def synthetic_eval_split(config):
     """Every example of the synthetic evaluation split, once, straight from its source."""
-    chunks = list(datasets.synthetic_eval_examples(config, 0, 1))
+    chunks = list(synthetic_data.synthetic_eval_examples(config, 0, 1))
     return {k: np.concatenate([chunk[k] for chunk in chunks]) for k in chunks[0]}
 
 
