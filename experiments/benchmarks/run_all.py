@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             f'unknown benchmark(s) {", ".join(unknown)}; choose from {", ".join(BENCHMARKS)}'
         )
+    args.out = os.path.abspath(args.out)  # the benchmarks run in --repo
     os.makedirs(args.out, exist_ok=True)
     repo = os.path.abspath(args.repo)
     record = machine_record(repo)
