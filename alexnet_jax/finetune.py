@@ -19,6 +19,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from alexnet_jax import specs
+
 log = logging.getLogger(__name__)
 
 CLASSIFIER = 'fc8'  # the layer whose width is the number of classes
@@ -26,7 +28,7 @@ CLASSIFIER = 'fc8'  # the layer whose width is the number of classes
 
 def freeze_names(config: ml_collections.ConfigDict) -> list[str]:
     """The layer names in ``config.freeze`` (comma-separated; absent in older configs)."""
-    return [name.strip() for name in (config.get('freeze') or '').split(',') if name.strip()]
+    return list(specs.layer_names(config.get('freeze')))
 
 
 def freeze_mask(config: ml_collections.ConfigDict, params: Any) -> Any | None:

@@ -245,6 +245,11 @@ def resolve_model(config: ml_collections.ConfigDict) -> ModelSpec:
     )
 
 
+def layer_names(value: str | None) -> tuple[str, ...]:
+    """The layer names of a comma-separated field such as ``config.freeze`` (None: none)."""
+    return tuple(name.strip() for name in (value or '').split(',') if name.strip())
+
+
 def resolve_optimizer(config: ml_collections.ConfigDict) -> OptimizerSpec:
     _one_of('lr_schedule', config.lr_schedule, SCHEDULES, 'learning-rate schedule')
     _require(
@@ -264,7 +269,7 @@ def resolve_optimizer(config: ml_collections.ConfigDict) -> OptimizerSpec:
         plateau_max_reductions=int(config.plateau_max_reductions),
         step_every_epochs=float(config.step_every_epochs),
         warmup_epochs=float(config.warmup_epochs),
-        freeze=tuple(name.strip() for name in config.freeze.split(',') if name.strip()),
+        freeze=layer_names(config.get('freeze')),
     )
 
 

@@ -131,9 +131,7 @@ def _initial_state(
     steps_per_epoch: int,
 ) -> steps.TrainState:
     """The newest readable checkpoint's state; for a fresh run, new or ``init_from`` weights."""
-    model = models.create_model(config, dtype=steps.compute_dtype(config)).clone(
-        bn_axis_name=steps.AXIS
-    )
+    model = models.create_model(config).clone(bn_axis_name=steps.AXIS)
     state = steps.create_train_state(config, model, image_shape, steps_per_epoch)
     state = ckpt.restore(state)
     if not ckpt.steps():  # a fresh run: config.init_from's parameters, if set

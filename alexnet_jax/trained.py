@@ -35,7 +35,7 @@ def load_trained_state(
     the parameters come back as numpy arrays.
     """
     info = datasets.run_dataset_info(config, workdir)
-    model = models.create_model(config, dtype=steps.compute_dtype(config))
+    model = models.create_model(config)
     state = jax.eval_shape(lambda: steps.create_train_state(config, model, info.image_shape, 1))
     ckpt = checkpointing.Checkpointer(workdir, config, read_only=True)
     try:

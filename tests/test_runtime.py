@@ -44,10 +44,12 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
-def _import_in_fresh_process(names: list[str]) -> dict:
+def _run_script(script: str, *args: str, env: dict[str, str] | None = None) -> dict:
+    """Runs ``script`` in a fresh interpreter (a clean environment plus ``env``); its last
+    line of output, read as JSON."""
     out = subprocess.run(
-        [sys.executable, '-c', _IMPORT_SCRIPT, *names],
-        env=_clean_env(),
+        [sys.executable, '-c', script, *args],
+        env={**_clean_env(), **(env or {})},
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -64,7 +66,7 @@ def test_importing_any_module_leaves_the_process_untouched():
     own_process = {'evaluate', 'predict'}
     groups = [[n for n in modules if n not in own_process]] + [[n] for n in sorted(own_process)]
     for group in groups:
-        result = _import_in_fresh_process(group)
+        result = _run_script(_IMPORT_SCRIPT, *group)
         assert result == {'changed': {}, 'removed': [], 'aliases': []}, (group, result)
 
 
@@ -79,16 +81,7 @@ print(json.dumps({'xla': os.environ.get('XLA_FLAGS', ''),
 
 
 def _configure(extra_env: dict[str, str]) -> dict:
-    out = subprocess.run(
-        [sys.executable, '-c', _CONFIGURE_SCRIPT],
-        env={**_clean_env(), **extra_env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return _run_script(_CONFIGURE_SCRIPT, env=extra_env)
 
 
 def test_configure_sets_the_cpu_flags_and_keeps_the_users_own():

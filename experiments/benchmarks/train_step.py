@@ -85,7 +85,7 @@ class JaxRunner:
         self.rss_base = _rss_mib()
         devices = jax.local_device_count()
         stats = dataset_stats.load_stats(config)
-        model = models.create_model(config, dtype=steps.compute_dtype(config))
+        model = models.create_model(config)
         model = model.clone(bn_axis_name=steps.AXIS)
         shape = (config.image_size, config.image_size, 3)
         state = steps.create_train_state(config, model, shape, steps=1)
