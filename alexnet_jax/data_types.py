@@ -69,6 +69,8 @@ class Source:
     image_hw: tuple[int, int] | None = None  # when every image has this size
     decode_error: Callable[[Exception, slice | None], Exception] | None = None
     size_problem: Callable[[], str] | None = None  # why image_hw is None, in words
+    names: tuple[str, ...] | None = None  # each example's file, where it has one
+    skipped_names: tuple[str, ...] = ()  # files already left out as unreadable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +112,21 @@ class Dataset(Protocol):
     def complete_config(self, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         """`config` with the fields the dataset decides filled in (in place; returned)."""
         ...
+
+
+def eval_offsets(base_hw: tuple[int, int], crop: int, num_crops: int) -> tuple[list, list]:
+    """Offsets and flips of the centre crop, or of the paper's ten crops (Section 4.1).
+
+    Ten crops: top-left, top-right, bottom-left, bottom-right, centre, then their mirrors.
+    """
+    dy, dx = base_hw[0] - crop, base_hw[1] - crop
+    centre = [dy // 2, dx // 2]
+    if num_crops == 1:
+        return [centre], [False]
+    if num_crops != 10:
+        raise ValueError(f'config.eval_crops must be 1 or 10, got {num_crops}.')
+    five = [[0, 0], [0, dx], [dy, 0], [dy, dx], centre]
+    return five + five, [False] * 5 + [True] * 5
 
 
 def tfds_data_dir(config: Any) -> str:

@@ -6,8 +6,9 @@
     dataset.stats()                     # training-set statistics (published, exact or cached)
 
 The objects (see `data_types.Dataset`) are `tfds_data.TfdsDataset` (imagenet2012,
-fashion_mnist, cifar10), `image_folder.ImageFolder` and `synthetic_data.Synthetic`. A new
-format is one more entry in :func:`get`. Importing this module is cheap: the dataset modules
+fashion_mnist, cifar10), `image_folder.ImageFolder`, `synthetic_data.Synthetic` and
+`prepared_data.Prepared` (a set written once by ``alexnet_jax.prepare``). A new format is
+one more entry in :func:`get`. Importing this module is cheap: the dataset modules
 (and with them TensorFlow) load when a dataset is first asked for.
 """
 
@@ -19,7 +20,7 @@ import ml_collections
 
 from alexnet_jax.data_types import Dataset, DatasetInfo
 
-DATASETS = ('imagenet2012', 'fashion_mnist', 'cifar10', 'imagefolder', 'synthetic')
+DATASETS = ('imagenet2012', 'fashion_mnist', 'cifar10', 'imagefolder', 'synthetic', 'prepared')
 
 
 def check_dataset_name(name: str) -> None:
@@ -41,6 +42,10 @@ def get(config: ml_collections.ConfigDict) -> Dataset:
         from alexnet_jax.image_folder import ImageFolder
 
         return ImageFolder(config)
+    if config.dataset == 'prepared':
+        from alexnet_jax.prepared_data import Prepared
+
+        return Prepared(config)
     from alexnet_jax.tfds_data import TfdsDataset
 
     return TfdsDataset(config)

@@ -140,6 +140,7 @@ class FolderSplit:
     num_skipped: int  # unreadable files skipped (skip_corrupt_images=True)
     jpeg: bool  # every image is a JPEG
     sizes: frozenset[tuple[int, int]]  # the (height, width) of the images
+    skipped: tuple[str, ...] = ()  # the unreadable files skipped
 
 
 def scan_image_folder(root: str, split: str, skip_corrupt: bool) -> FolderSplit:
@@ -154,14 +155,14 @@ def scan_image_folder(root: str, split: str, skip_corrupt: bool) -> FolderSplit:
 @functools.lru_cache(maxsize=16)
 def _scan(root: str, split: str, skip_corrupt: bool, fingerprint: str) -> FolderSplit:
     del fingerprint  # the memo key only
-    paths, labels, skipped, formats, sizes = [], [], 0, set(), set()
+    paths, labels, skipped, formats, sizes = [], [], [], set(), set()
     kept_per_class: dict[int, int] = {}
     for label, f in _list_split(root, split):
         header = _image_header(f)
         kept_per_class.setdefault(label, 0)
         if header is None:
             if skip_corrupt:
-                skipped += 1
+                skipped.append(str(f))
                 continue
             raise ImageFolderError(
                 f'imagefolder: corrupt or unreadable image {f}. Remove it, or set '
@@ -186,8 +187,15 @@ def _scan(root: str, split: str, skip_corrupt: bool, fingerprint: str) -> Folder
                     'skipped as corrupt). Replace them, or remove the folder.'
                 )
     if skipped:
-        log.warning('imagefolder: skipped %d corrupt images under %s', skipped, folder)
-    return FolderSplit(tuple(paths), tuple(labels), skipped, formats == {'JPEG'}, frozenset(sizes))
+        log.warning('imagefolder: skipped %d corrupt images under %s', len(skipped), folder)
+    return FolderSplit(
+        tuple(paths),
+        tuple(labels),
+        len(skipped),
+        formats == {'JPEG'},
+        frozenset(sizes),
+        tuple(skipped),
+    )
 
 
 def image_folder_size(root: str, skip_corrupt: bool) -> tuple[int, int] | None:
@@ -308,6 +316,8 @@ class ImageFolder:
             3,
             lookup=lookup,
             num_skipped=scan.num_skipped,
+            names=scan.paths[lo:hi],
+            skipped_names=scan.skipped,
             jpeg=scan.jpeg,
             image_hw=image_folder_size(self.root, self.skip),
             decode_error=self.decode_error,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -102,9 +102,21 @@ def compute_stats(source: Source, config, max_images: int | None = None) -> tupl
     )
     if config.skip_corrupt_images:
         ds = ds.ignore_errors()
-    p = config.crop_padding
+    batches = _decoded_batches(ds.batch(_BATCH).prefetch(2), source)
+    return stats_from_batches(batches, config.crop_padding, config.dataset)
+
+
+def stats_from_batches(
+    batches: Iterable[np.ndarray], crop_padding: int, name: str
+) -> tuple[Stats, int]:
+    """Statistics over batches of base images (uint8 [N, B_h, B_w, C]); (stats, count).
+
+    The mean image is over whole base images; the channel and PCA statistics skip a
+    ``crop_padding`` border (the zero padding of small images).
+    """
+    p = crop_padding
     image_sum, moments, pixels, count = None, None, 0, 0
-    for batch in _decoded_batches(ds.batch(_BATCH).prefetch(2), source):
+    for batch in batches:
         b = batch.astype(np.float64)
         image_sum = b.sum(0) if image_sum is None else image_sum + b.sum(0)
         inner = b[:, p : b.shape[1] - p, p : b.shape[2] - p] if p > 0 else b
@@ -114,7 +126,7 @@ def compute_stats(source: Source, config, max_images: int | None = None) -> tupl
         pixels += x.shape[0]
         count += b.shape[0]
     if not count:
-        raise ValueError(f'{config.dataset}: no training images to compute statistics from.')
+        raise ValueError(f'{name}: no training images to compute statistics from.')
     c = image_sum.shape[-1]
     mean = moments[:c] / pixels
     cov = moments[c:].reshape(c, c) / pixels - np.outer(mean, mean)

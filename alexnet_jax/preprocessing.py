@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import tensorflow as tf
 
+from alexnet_jax.data_types import eval_offsets as eval_offsets  # the device crops share it
+
 if TYPE_CHECKING:
     from alexnet_jax.data_types import Source
 
@@ -53,21 +55,6 @@ def source_base_size(config, source: Source) -> tuple[int, int]:
             )
         return base_size(config, source.image_hw)
     return base_size(config)
-
-
-def eval_offsets(base_hw: tuple[int, int], crop: int, num_crops: int) -> tuple[list, list]:
-    """Offsets and flips of the centre crop, or of the paper's ten crops (Section 4.1).
-
-    Ten crops: top-left, top-right, bottom-left, bottom-right, centre, then their mirrors.
-    """
-    dy, dx = base_hw[0] - crop, base_hw[1] - crop
-    centre = [dy // 2, dx // 2]
-    if num_crops == 1:
-        return [centre], [False]
-    if num_crops != 10:
-        raise ValueError(f'config.eval_crops must be 1 or 10, got {num_crops}.')
-    five = [[0, 0], [0, dx], [dy, 0], [dy, dx], centre]
-    return five + five, [False] * 5 + [True] * 5
 
 
 def random_crop_params(

@@ -13,10 +13,13 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
 
     # --- Data (alexnet_jax/input_pipeline.py) ---
-    c.dataset = 'imagenet2012'  # imagenet2012 | fashion_mnist | cifar10 | imagefolder | synthetic
+    # imagenet2012 | fashion_mnist | cifar10 | imagefolder | synthetic | prepared (written once by
+    # `python -m alexnet_jax.prepare`, read at memory speed; set dataset_path to its folder).
+    c.dataset = 'imagenet2012'
     c.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir
     c.manual_dir = ml_collections.config_dict.placeholder(str)  # ImageNet tars
-    c.dataset_path = ml_collections.config_dict.placeholder(str)  # imagefolder root, local archives
+    # imagefolder root, a prepared set's folder, or local archives.
+    c.dataset_path = ml_collections.config_dict.placeholder(str)
     c.num_classes = 1000  # classes of the dataset (imagefolder: taken from the class folders)
     c.image_size = 227  # Section 3 / alexnet-spec.md: 227 (not 224) gives 55x55 after conv1.
     c.resize_size = 256  # Section 2: shorter side to 256, central 256x256 patch.
@@ -74,6 +77,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = ml_collections.config_dict.placeholder(int)  # None: batch_size
     c.keep_checkpoints = 3  # the newest N checkpoints, plus the best by validation error
     c.prefetch_batches = 2  # batches in flight to the devices
+    c.input_threads = 0  # dataset=prepared: threads reading images (0: every core)
 
     c.lock()  # a misspelt field in a config or sweep is an error, not a silent no-op
     return c

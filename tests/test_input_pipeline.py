@@ -579,9 +579,10 @@ def test_synthetic_batches_resume_and_eval_mask():
 def test_one_object_per_dataset_and_a_light_datasets_module():
     """`datasets.get` picks the object; importing `datasets` (as the config checks do) loads
     neither TensorFlow nor tfds, and no module of the data code patches `sys.modules`."""
-    from alexnet_jax import image_folder, synthetic_data
+    from alexnet_jax import image_folder, prepared_data, synthetic_data
 
     kinds = {
+        'prepared': prepared_data.Prepared,
         'imagenet2012': tfds_data.TfdsDataset,
         'fashion_mnist': tfds_data.TfdsDataset,
         'cifar10': tfds_data.TfdsDataset,

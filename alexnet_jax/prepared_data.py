@@ -1,0 +1,266 @@
+"""A prepared set (`alexnet_jax.prepare`) as a dataset object: ``config.dataset = 'prepared'``.
+
+The host only reads: whole stored images (256x256 for large images, Section 2; the small
+datasets at their own size) are gathered by index into a batch by a few threads, a batch or two
+ahead of the step. Cropping, mirroring, colour noise and normalisation happen inside the jitted
+step (`device_preprocessing`), each example's randomness keyed on its position in the stream.
+
+The stream is a function of (seed, step) alone, not of the topology. Global position p is the
+example at index ``permutation(seed, epoch)[p % n]`` of epoch ``p // n``, a fresh global
+shuffle each epoch. Global batch t holds positions ``[t * B, (t + 1) * B)``; process i of P
+reads only its contiguous slice of it, and its local devices split that slice in order. So 2
+processes of 1 device and 1 process of 2 devices see the same batches, and a run resumed at
+any step, on any number of hosts, continues the same stream.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import ml_collections
+import numpy as np
+
+from alexnet_jax import image_stats, prepared_files
+from alexnet_jax.data_types import DatasetInfo, HostArrays, Stats
+from alexnet_jax.prepared_files import Header, PreparedError, ShardReader
+
+_EVAL_CHUNK = 256
+
+
+@functools.lru_cache(maxsize=4)
+def _header(root: str, mtime: float) -> Header:
+    del mtime  # the memo key only: a rewritten header is read again
+    return prepared_files.read_header(root)
+
+
+def load_header(root: str | None) -> Header:
+    if not root:
+        raise PreparedError(
+            "config.dataset = 'prepared' reads a folder made by `python -m alexnet_jax.prepare`: "
+            'set config.dataset_path to it.'
+        )
+    path = os.path.join(root, prepared_files.HEADER)
+    mtime = os.path.getmtime(path) if os.path.exists(path) else 0.0
+    return _header(os.path.abspath(root), mtime)
+
+
+def check_fits(header: Header, config: ml_collections.ConfigDict) -> None:
+    """Refuses a prepared set whose classes or image size do not fit `config`, naming both."""
+    where = f'The prepared set {header.root} ({header.dataset})'
+    if len(header.classes) != config.num_classes:
+        raise PreparedError(
+            f'{where} has {len(header.classes)} classes, config.num_classes = '
+            f'{config.num_classes}. Use the config the set was prepared with, or set '
+            f'config.num_classes = {len(header.classes)}.'
+        )
+    h, w, _ = header.image_shape
+    p = config.crop_padding
+    if p == 0 and (h, w) != (config.resize_size, config.resize_size):
+        raise PreparedError(
+            f'{where} stores {h}x{w} images, the config crops {config.image_size} px from '
+            f'{config.resize_size}x{config.resize_size} (resize_size; crop_padding = 0). Prepare '
+            'the set again with this config, or use the config it was prepared with.'
+        )
+    if p > 0 and min(h, w) + 2 * p < config.image_size:
+        raise PreparedError(
+            f'{where} stores {h}x{w} images: padded by crop_padding = {p} they are smaller than '
+            f'config.image_size = {config.image_size}. Use the config the set was prepared with.'
+        )
+
+
+def _permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch, 0x5EED]).permutation(n)
+
+
+class PositionIndex:
+    """Global stream positions -> example indices, a fresh permutation per epoch (memoised)."""
+
+    def __init__(self, seed: int, n: int):
+        self.seed, self.n = seed, n
+        self._perms: dict[int, np.ndarray] = {}
+
+    def __call__(self, positions: np.ndarray) -> np.ndarray:
+        epochs, within = np.divmod(positions, self.n)
+        out = np.empty_like(positions)
+        for epoch in np.unique(epochs).tolist():
+            if epoch not in self._perms:
+                if len(self._perms) >= 2:
+                    del self._perms[min(self._perms)]
+                self._perms[epoch] = _permutation(self.seed, epoch, self.n)
+            here = epochs == epoch
+            out[here] = self._perms[epoch][within[here]]
+        return out
+
+
+def host_positions(step: int, global_batch: int, process_index: int, process_count: int):
+    """The global stream positions process `process_index` reads for `step`."""
+    host = global_batch // process_count
+    start = step * global_batch + process_index * host
+    return np.arange(start, start + host, dtype=np.int64)
+
+
+class _Gather:
+    """Reads images by index into new arrays with a pool of threads (pread and decode release
+    the GIL), and keeps batches in flight ahead of the consumer."""
+
+    def __init__(self, reader: ShardReader, threads: int):
+        self.reader, self.threads = reader, threads
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix='prepared-read')
+
+    def __call__(self, indices: np.ndarray) -> np.ndarray:
+        out = np.empty((len(indices), *self.reader.shape), np.uint8)
+        parts = np.array_split(np.arange(len(indices)), min(self.threads, len(indices)) or 1)
+        futures = [
+            self.pool.submit(self.reader.read, indices[part], out[part[0] : part[-1] + 1])
+            for part in parts
+            if len(part)
+        ]
+        for f in futures:
+            f.result()
+        return out
+
+
+def _ahead(make, steps: Iterator[int], depth: int) -> Iterator[dict]:
+    """``make(step)`` for each step, `depth` of them being made in the background."""
+    with ThreadPoolExecutor(1, thread_name_prefix='prepared-batch') as pool:
+        pending = []
+        for step in steps:
+            pending.append(pool.submit(make, step))
+            if len(pending) > depth:
+                yield pending.pop(0).result()
+        for f in pending:
+            yield f.result()
+
+
+def train_batches(
+    config, header: Header, devices: int, per_device: int, start_step: int, pi: int, pc: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """Infinite ``[devices, per_device, ...]`` batches from `start_step`: base images, labels,
+    and each example's global stream position (its augmentation key on the device)."""
+    reader = ShardReader(header, 'train')
+    gather = _Gather(reader, threads(config))
+    index = PositionIndex(config.seed, reader.num_examples)
+    global_batch = devices * per_device * pc
+
+    def make(step: int) -> dict[str, np.ndarray]:
+        positions = host_positions(step, global_batch, pi, pc)
+        indices = index(positions)
+        batch = {
+            'image': gather(indices),
+            'label': reader.labels[indices],
+            'position': (positions % 2**32).astype(np.uint32),
+        }
+        return {k: v.reshape((devices, per_device) + v.shape[1:]) for k, v in batch.items()}
+
+    def steps():
+        step = start_step
+        while True:
+            yield step
+            step += 1
+
+    try:
+        yield from _ahead(make, steps(), max(config.prefetch_batches, 1))
+    finally:
+        reader.close()
+
+
+def eval_chunks(config, header: Header, pi: int, pc: int) -> Iterator[dict[str, np.ndarray]]:
+    """This host's contiguous share of the evaluation split, each image once, in chunks."""
+    reader = ShardReader(header, 'eval')
+    gather = _Gather(reader, threads(config))
+    n = reader.num_examples
+    lo, hi = n * pi // pc, n * (pi + 1) // pc
+
+    def make(start: int) -> dict[str, np.ndarray]:
+        indices = np.arange(start, min(start + _EVAL_CHUNK, hi))
+        # 'position' marks whole base images: the device crops them (see device_preprocessing).
+        position = indices.astype(np.uint32)
+        return {'image': gather(indices), 'label': reader.labels[indices], 'position': position}
+
+    try:
+        yield from _ahead(make, iter(range(lo, hi, _EVAL_CHUNK)), 2)
+    finally:
+        reader.close()
+
+
+def threads(config) -> int:
+    """Reader threads: ``config.input_threads``, or (0) every core of this process."""
+    return config.input_threads or len(os.sched_getaffinity(0))
+
+
+class Prepared:
+    """The prepared set at ``config.dataset_path``."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+
+    def header(self) -> Header:
+        header = load_header(self.config.dataset_path)
+        check_fits(header, self.config)
+        return header
+
+    def info(self) -> DatasetInfo:
+        header = self.header()
+        size = self.config.image_size
+        channels = header.image_shape[-1]
+        return DatasetInfo(
+            header.count('train'),
+            header.count('eval') if 'eval' in header.splits else 0,
+            len(header.classes),
+            (size, size, channels),
+            header.classes,
+            header.skipped('train'),
+            tuple(header.image_shape[:2]),
+        )
+
+    def source(self, *, train: bool, process_index: int = 0, process_count: int = 1) -> HostArrays:
+        header, c, pi, pc = self.header(), self.config, process_index, process_count
+        split = 'train' if train else 'eval'
+        if split not in header.splits:
+            raise PreparedError(f'The prepared set {header.root} has no evaluation split.')
+        return HostArrays(
+            header.count(split),
+            lambda devices, per_device, start: train_batches(
+                c, header, devices, per_device, start, pi, pc
+            ),
+            lambda: eval_chunks(c, header, pi, pc),
+        )
+
+    def stats(self) -> Stats:
+        header, config = self.header(), self.config
+        if header.dataset == 'imagenet2012':
+            return image_stats.imagenet_stats(config.resize_size)
+        crcs = '-'.join(f'{r["crc32"]:08x}' for r in header.splits['train']['shards'])
+        digest = hashlib.sha1(crcs.encode()).hexdigest()[:16]
+        key = f'prepared-{header.dataset}-p{config.crop_padding}-{digest}'
+        path = image_stats.cache_path(config, key)
+        if os.path.exists(path):
+            return image_stats.read_stats(path)
+        stats, count = image_stats.stats_from_batches(
+            self._base_batches(header), config.crop_padding, header.dataset
+        )
+        image_stats.save_stats(stats, path, num_images=count)
+        return stats
+
+    def _base_batches(self, header: Header) -> Iterator[np.ndarray]:
+        reader = ShardReader(header, 'train')
+        gather = _Gather(reader, threads(self.config))
+        p = self.config.crop_padding
+        try:
+            for start in range(0, reader.num_examples, 1024):
+                images = gather(np.arange(start, min(start + 1024, reader.num_examples)))
+                yield np.pad(images, [(0, 0), (p, p), (p, p), (0, 0)]) if p else images
+        finally:
+            reader.close()
+
+    def base_shape(self) -> tuple[int, int, int]:
+        h, w, c = self.header().image_shape
+        p = self.config.crop_padding
+        return (h + 2 * p, w + 2 * p, c)
+
+    def complete_config(self, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+        return config
