@@ -1,21 +1,28 @@
-"""Training input pipeline, images/s per CPU core: ours (tf.data) against plain PIL + numpy.
+"""Training input, images per CPU-second: today's tf.data path, PIL, and prepared sets.
 
-Both produce the same thing from JPEG files: the central square resized to 256x256, a random
-227x227 crop, a random horizontal flip, as uint8 (Sections 2 and 4.1). The PIL row is what a
-torchvision DataLoader with one worker does (open, convert to RGB, resize, crop, crop, flip,
-to array). The benchmark writes ImageNet-sized JPEGs (500x375, quality 90, smooth content plus
-noise) into a temporary folder first.
+Each row produces what the training step consumes, as uint8:
 
-Per core: images per CPU-second of the process (all threads counted), so a row that uses both
-cores is not flattered and other load on the machine matters less; wall-clock images/s beside.
-Ours runs once on one thread and once as the training pipeline runs (AUTOTUNE); PIL in one
-process.
+* ``pil``: plain PIL + numpy (what a torchvision DataLoader worker does): decode the JPEG,
+  resize the shorter side to 256, centre 256x256, a random 227x227 crop and flip (Sections 2,
+  4.1), one process.
+* ``tfdata_jpeg``: ours from JPEG files through tf.data (windowed decode, resize, crop, flip) as
+  the training pipeline runs it (AUTOTUNE); ``tfdata_jpeg_1thread`` the same on one thread.
+* ``prepared_raw`` / ``prepared_jpeg``: batches from a set written once by
+  ``alexnet_jax.prepare`` (raw uint8 256x256, or JPEG quality 90) through the same reader the
+  training loop uses (``prepared_data.train_batches``: global shuffle, threads, a batch ahead).
+  The crop and flip then happen inside the jitted step on the accelerator.
 
-    python experiments/benchmarks/input_pipeline.py             # 256 images, 3 passes
-    python experiments/benchmarks/input_pipeline.py --images 512 --passes 7
+The JPEGs are ImageNet-sized (500x375, quality 90, smooth content plus noise), written into a
+temporary folder first. Per core means images per CPU-second of this process (all its threads
+counted), so a row using both cores is not flattered and other load matters less; wall-clock
+images/s beside. Rows alternate within each pass; medians over the passes with their range.
+
+    python experiments/benchmarks/input_pipeline.py                  # 512 images, 5 passes
+    python experiments/benchmarks/input_pipeline.py --json rates.json  # {row: per CPU-second}
 """
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -138,57 +145,105 @@ def rates(runs: list, passes: int) -> list[tuple[list[float], list[float]]]:
     return out
 
 
+def folder_config(root: str, resize: int = RESIZE, crop: int = CROP):
+    """An image-folder config for `root` (train/<class>/*.jpg), the paper's geometry."""
+    from configs import default
+
+    config = default.get_config()
+    config.dataset, config.dataset_path, config.num_classes = 'imagefolder', root, 1
+    config.resize_size, config.image_size, config.crop_padding = resize, crop, 0
+    return config
+
+
+PREPARE_RATES: dict[str, float] = {}  # images per CPU-second of `alexnet_jax.prepare`, once
+
+
+def prepared_pass(root: str, image_format: str, out: str, batch: int):
+    """A pass of the training loop's reader over a set prepared from the image folder `root`.
+
+    Each pass opens a new stream at the next epoch and closes it after `steps` batches; the
+    reader's batches in flight (``prefetch_batches``) finish before the pass ends and count.
+    """
+    from alexnet_jax import prepare, prepared_data
+
+    config = folder_config(root)
+    start = time.process_time()
+    header = prepare.prepare(config, out, image_format=image_format, quality=90, progress=False)
+    PREPARE_RATES[f'prepare_{image_format}'] = header.count('train') / (time.process_time() - start)
+    config.dataset, config.dataset_path = 'prepared', out
+    header = prepared_data.load_header(out)
+    depth, start = max(config.prefetch_batches, 1), [0]
+
+    def run(steps: int) -> int:
+        stream = prepared_data.train_batches(config, header, 1, batch, start[0], 0, 1)
+        for _ in range(steps):
+            next(stream)
+        stream.close()  # waits for the batches in flight
+        start[0] += steps
+        return (steps + depth) * batch
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--images', type=int, default=256)
+    parser.add_argument('--images', type=int, default=512)
     parser.add_argument('--batch', type=int, default=64)
-    parser.add_argument('--passes', type=int, default=3)
+    parser.add_argument('--passes', type=int, default=5)
+    parser.add_argument('--json', help='write {row: median images per CPU-second} here')
     args = parser.parse_args()
 
     from alexnet_jax import runtime
 
     runtime.configure()  # TensorFlow's log level; on an accelerator host, TensorFlow sees no GPU
+    import simplejpeg
     import tensorflow as tf
 
-    cores = os.cpu_count()
+    cores = len(os.sched_getaffinity(0))
+    steps = args.images // args.batch
     with tempfile.TemporaryDirectory() as folder:
-        paths = write_jpegs(folder, args.images)
+        images = os.path.join(folder, 'images', 'train', 'one_class')
+        os.makedirs(images)
+        paths = write_jpegs(images, args.images)
         one = tf_dataset(paths, args.batch, parallel=False)
         every = tf_dataset(paths, args.batch, parallel=True)
-        names = [
-            'ours: tf.data, one thread',
-            'PIL + numpy (torchvision transforms), one process',
-            f'ours: tf.data, AUTOTUNE on {cores} cores',
-        ]
-        runs = [
-            lambda: tf_pass(one),
-            lambda: pil_pass(paths, args.batch, 0),
-            lambda: tf_pass(every),
-        ]
-        measured = rates(runs, args.passes)
+        root = os.path.join(folder, 'images')
+        raw = prepared_pass(root, 'raw', os.path.join(folder, 'raw'), args.batch)
+        jpeg = prepared_pass(root, 'jpeg', os.path.join(folder, 'jpeg'), args.batch)
+        rows = {
+            'pil': lambda: pil_pass(paths, args.batch, 0),
+            'tfdata_jpeg_1thread': lambda: tf_pass(one),
+            'tfdata_jpeg': lambda: tf_pass(every),
+            'prepared_raw': lambda: raw(steps),
+            'prepared_jpeg': lambda: jpeg(steps),
+        }
+        measured = dict(zip(rows, rates(list(rows.values()), args.passes), strict=True))
     print(
-        f'Training transforms to {CROP}x{CROP} uint8 from {args.images} JPEGs 500x375 (q90), '
-        f'batch {args.batch}, median of {args.passes} alternating passes after one warm-up; '
-        f'tensorflow {tf.__version__}, Pillow {Image.__version__}, {cores} CPUs'
+        f'Training input from {args.images} JPEGs 500x375 (q90), batch {args.batch}, median '
+        f'(min-max) of {args.passes} alternating passes after one warm-up; tensorflow '
+        f'{tf.__version__}, Pillow {Image.__version__}, simplejpeg {simplejpeg.__version__}, '
+        f'numpy {np.__version__}, {cores} CPUs'
     )
-    width = max(len(n) for n in names)
-    print(f'| {"pipeline":<{width}} | images/s (wall) | images per CPU-second |')
-    print(f'|{"-" * (width + 2)}|----------------:|----------------------:|')
-    for name, (wall, cpu) in zip(names, measured, strict=True):
-        wall, cpu = statistics.median(wall), statistics.median(cpu)
-        print(f'| {name:<{width}} | {wall:15.1f} | {cpu:21.1f} |')
-    pil = measured[1][1]
-
-    def ratio(row: int) -> str:
-        per_pass = [a / b for a, b in zip(measured[row][1], pil, strict=True)]
-        return (
-            f'{statistics.median(per_pass):.2f}x (passes {min(per_pass):.2f}-{max(per_pass):.2f})'
+    print('| row | output | images/s (wall) | images per CPU-second | / tfdata_jpeg |')
+    print('|---|---|---:|---:|---:|')
+    base = measured['tfdata_jpeg'][1]
+    medians = {}
+    for name, (wall, cpu) in measured.items():
+        output = f'{RESIZE}x{RESIZE} base' if name.startswith('prepared') else f'{CROP} crop'
+        ratio = [a / b for a, b in zip(cpu, base, strict=True)]
+        medians[name] = statistics.median(cpu)
+        print(
+            f'| {name} | {output} | {statistics.median(wall):,.0f} '
+            f'| {medians[name]:,.0f} ({min(cpu):,.0f}-{max(cpu):,.0f}) '
+            f'| {statistics.median(ratio):.2f}x |'
         )
-
     print(
-        'per core (images per CPU-second), ours / PIL, median of the passes: '
-        f'one thread {ratio(0)}, AUTOTUNE {ratio(2)}'
+        'Preparing (once, all cores, counted per CPU-second): '
+        + ', '.join(f'{k} {v:,.0f} images per CPU-second' for k, v in PREPARE_RATES.items())
     )
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump({**medians, **PREPARE_RATES}, f, indent=1)
 
 
 if __name__ == '__main__':

@@ -30,14 +30,26 @@ BENCHMARKS = {
     'lrn': ('lrn', []),
     'layers': ('layers', ['--variant', 'owt']),
     'max_pool': ('max_pool', []),
-    'input_pipeline': ('input_pipeline', []),
+    'input_pipeline': ('input_pipeline', ['--json', '{json}']),
+    'record_formats': ('record_formats', []),
+    'end_to_end': ('end_to_end', ['--json', '{json}']),
     # Equal malloc settings on both sides: the stable comparison (RESULTS.md, issue 7).
     'train_step': (
         'train_step',
         ['--repeats', '3', '--torch-keep-host-memory', '--json', '{json}'],
     ),
 }
-PACKAGES = ('jax', 'jaxlib', 'flax', 'optax', 'numpy', 'tensorflow-cpu', 'torch', 'ml-collections')
+PACKAGES = (
+    'jax',
+    'jaxlib',
+    'flax',
+    'optax',
+    'numpy',
+    'tensorflow-cpu',
+    'torch',
+    'ml-collections',
+    'simplejpeg',
+)
 
 
 def _command_output(cmd: list[str]) -> str | None:

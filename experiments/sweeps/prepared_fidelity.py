@@ -1,6 +1,7 @@
 """Issue 16: does training from a prepared set reach the tf.data path's test error?
 
-    python -m alexnet_jax.prepare --config configs/fashion_mnist.py --out /tmp/prepared/fashion_mnist
+    python -m alexnet_jax.prepare --config configs/fashion_mnist.py \
+        --out /tmp/prepared/fashion_mnist
     nice -n 19 python -m experiments.sweep --sweep experiments/sweeps/prepared_fidelity.py \
         --workdir /tmp/sweeps/prepared_fidelity
     python -m experiments.report /tmp/sweeps/prepared_fidelity
