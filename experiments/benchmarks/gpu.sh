@@ -71,3 +71,8 @@ for batch in ${BATCHES:-128 256}; do
   timeout "${BATCH_TIMEOUT:-260}" python3 "$bench" --batch "$batch" "${common[@]}" --warmup 5 \
     --steps 20 --repeats 5 --json "$out/b$batch.json" 2>&1 | tee "$out/b$batch.log"
 done
+
+# Issue 16's end-to-end row: alexnet_jax.main at batch 256 (bf16) for 200 steps from a raw
+# prepared set generated here, against synthetic data, with the host cores each run used.
+timeout "${E2E_TIMEOUT:-300}" python3 experiments/benchmarks/end_to_end.py --cases generated \
+  --rounds "${E2E_ROUNDS:-2}" --json "$out/e2e.json" 2>&1 | tee "$out/e2e.log"
