@@ -16,6 +16,7 @@ access (RESULTS.md, "Prepared data"). Nothing here is pickled.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -42,11 +43,16 @@ def shard_stem(split: str, index: int) -> str:
 def write_json(path: str, value: dict) -> None:
     """Writes ``value`` to ``path`` whole or not at all (a temporary file, then a rename)."""
     tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(value, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'w') as f:
+            json.dump(value, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, say: no half-written temporary file stays behind
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def read_json(path: str) -> dict:
@@ -98,12 +104,19 @@ class ShardWriter:
         return record
 
     def abort(self) -> None:
-        """Drops the unfinished shard (finished shards are never touched)."""
-        try:
+        """Drops the unfinished shard's temporary files (finished shards are never touched).
+
+        Closing flushes what is buffered and fails again where writing failed (a full disk);
+        the file is closed and dropped all the same, so the caller sees the first error only.
+        """
+        with contextlib.suppress(OSError):
             self._file.close()
-        finally:
-            if os.path.exists(self._tmp):
-                os.remove(self._tmp)
+        arrays = [
+            os.path.join(self.root, f'{self.stem}.{n}.npy.tmp') for n in ('labels', 'offsets')
+        ]
+        for path in (self._tmp, *arrays):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
 
 
 def finished_record(root: str, split: str, index: int, image_format: str) -> dict | None:
