@@ -120,17 +120,25 @@ class ShardWriter:
 
 
 def finished_record(root: str, split: str, index: int, image_format: str) -> dict | None:
-    """The record of a finished shard whose files are all there at their sizes, else None."""
+    """The record of a finished shard whose files are all there at their sizes, else None.
+
+    The label (and offset) arrays are read whole (a few kB a shard): one cut short or missing
+    makes the shard unfinished, so a rerun rewrites it rather than finding nothing to do.
+    """
     stem = shard_stem(split, index)
     try:
         record = read_json(os.path.join(root, stem + '.json'))
         if os.path.getsize(os.path.join(root, stem + '.images')) != record['bytes']:
             return None
-        names = ('labels', 'offsets') if image_format == 'jpeg' else ('labels',)
-        if not all(os.path.exists(os.path.join(root, f'{stem}.{n}.npy')) for n in names):
-            return None
+        lengths = {'labels': record['count']}
+        if image_format == 'jpeg':
+            lengths['offsets'] = record['count'] + 1
+        for name, length in lengths.items():
+            array = np.load(os.path.join(root, f'{stem}.{name}.npy'), allow_pickle=False)
+            if array.shape != (length,):
+                return None
         return record
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError):
         return None
 
 
