@@ -26,7 +26,8 @@ from alexnet_jax.prepare import PrepareError
 from configs import default, fashion_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
-FASHION_PER_SHARD = 1000  # 60 + 10 shards: a kill after the first leaves most unfinished
+FASHION_PER_SHARD = 7000  # 9 training shards, the last one short
+MANY_PER_SHARD = 4  # 60 + 10 shards of the `many` folder: a kill leaves most unfinished
 # (split, class, file name, height, width): sizes that are not squares, one odd, one exact.
 FOLDER_IMAGES = (
     ('train', 'ant', '0.jpg', 300, 400),
@@ -295,20 +296,30 @@ def test_jpeg_format_is_close_to_raw_and_its_offsets_frame_each_file(folder, fol
 # --- 4. Resuming ---
 
 
-def _kill_after_first_shard(out: Path, data_dir: str) -> None:
-    """Starts the command on Fashion-MNIST and SIGKILLs it once a shard has finished."""
+def _folder_args(root: Path) -> list[str]:
+    """The command-line flags that make `_folder_config(root)`."""
+    return [
+        '--config',
+        'configs/default.py',
+        '--config.dataset=imagefolder',
+        f'--config.dataset_path={root}',
+        f'--config.data_dir={root}_tfds',
+        '--config.num_classes=2',
+    ]
+
+
+def _kill_after_first_shard(out: Path, root: Path) -> None:
+    """Starts the command on the image folder `root` and SIGKILLs it once a shard finished."""
     process = subprocess.Popen(
         [
             sys.executable,
             '-m',
             'alexnet_jax.prepare',
-            '--config',
-            'configs/fashion_mnist.py',
-            f'--config.data_dir={data_dir}',
+            *_folder_args(root),
             '--out',
             str(out),
             '--examples_per_shard',
-            str(FASHION_PER_SHARD),
+            str(MANY_PER_SHARD),
         ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
@@ -319,39 +330,56 @@ def _kill_after_first_shard(out: Path, data_dir: str) -> None:
         while not (out.is_dir() and any(out.glob('train-*.json'))):
             assert process.poll() is None, 'the command ended before finishing a shard'
             assert time.monotonic() < deadline, 'no shard finished in time'
-            time.sleep(0.01)
+            time.sleep(0.002)
         process.send_signal(signal.SIGKILL)
     finally:
         process.kill()
         process.wait()
 
 
-def test_a_killed_preparation_resumes_to_the_same_bytes(fashion, tmp_path):
-    reference, config = fashion
+@pytest.fixture(scope='module')
+def many(tmp_path_factory) -> Path:
+    """An image folder of 240 + 40 JPEGs: about a second to prepare, 4 ms a shard."""
+    root = tmp_path_factory.mktemp('many')
+    for split, count in (('train', 240), ('val', 40)):
+        for i in range(count):
+            (root / split / 'ab'[i % 2]).mkdir(parents=True, exist_ok=True)
+            image = _smooth_image(300, 300 + i % 7, seed=1000 + i + len(split))
+            image.save(root / split / 'ab'[i % 2] / f'{i:03d}.jpg', quality=90)
+    return root
+
+
+def test_a_killed_preparation_resumes_to_the_same_bytes(many, tmp_path):
+    config = _folder_config(many)
+    reference = tmp_path / 'reference'
+    prepare.prepare(config, str(reference), examples_per_shard=MANY_PER_SHARD, progress=False)
     out = tmp_path / 'killed'
-    _kill_after_first_shard(out, config.data_dir)
+    _kill_after_first_shard(out, many)
     finished = sorted(p.stem for p in out.glob('*-*.json'))
     shards = len(list(reference.glob('*-*.json')))
-    assert 1 <= len(finished) < shards, 'killed in the middle'
+    assert shards == 70 and 1 <= len(finished) < shards, 'killed in the middle'
     assert (out / prepared_files.MARKER).exists() and not (out / prepared_files.HEADER).exists()
     with pytest.raises(prepared_files.PreparedError, match='incomplete.*rerun'):
         prepared_files.read_header(str(out))
     kept = [n for stem in finished for n in _shard_files(out, stem)]
     before = _stamps(out, kept)
-    prepare.prepare(config, str(out), examples_per_shard=FASHION_PER_SHARD, progress=False)
+    prepare.prepare(config, str(out), examples_per_shard=MANY_PER_SHARD, progress=False)
     assert _stamps(out, kept) == before  # finished shards are not written again
     _assert_same_set(out, reference)
 
-    # A shard deleted, another cut short: exactly those two are written again.
+    # A shard's images deleted, another's cut short, a third's labels cut short: exactly
+    # those three are written again.
     (out / 'train-00003.images').unlink()
     with open(out / 'eval-00001.images', 'r+b') as f:
         f.truncate(100)
-    untouched = [
-        p.name for p in out.iterdir() if not p.name.startswith(('train-00003.', 'eval-00001.'))
-    ]
+    labels = out / 'train-00007.labels.npy'
+    with open(labels, 'r+b') as f:
+        f.truncate(labels.stat().st_size - 3)  # the last label's last bytes
+    damaged = ('train-00003.', 'eval-00001.', 'train-00007.')
+    untouched = [p.name for p in out.iterdir() if not p.name.startswith(damaged)]
     untouched.remove(prepared_files.HEADER)
     before = _stamps(out, untouched)
-    prepare.prepare(config, str(out), examples_per_shard=FASHION_PER_SHARD, progress=False)
+    prepare.prepare(config, str(out), examples_per_shard=MANY_PER_SHARD, progress=False)
     assert _stamps(out, untouched) == before
     _assert_same_set(out, reference)
     assert prepare.verify(str(out)) == []
@@ -438,12 +466,7 @@ def test_a_full_disk_keeps_the_finished_shards(fashion, tmp_path):
 
 def test_the_command_prints_one_error_line_for_a_refused_folder(folder, folder_raw):
     result = _run_cli(
-        '--config',
-        'configs/default.py',
-        '--config.dataset=imagefolder',
-        f'--config.dataset_path={folder}',
-        f'--config.data_dir={folder}_tfds',
-        '--config.num_classes=2',
+        *_folder_args(folder),
         '--out',
         str(folder_raw),
         '--format',
@@ -457,3 +480,22 @@ def test_the_command_prints_one_error_line_for_a_refused_folder(folder, folder_r
     assert len(errors) == 1 and errors[0] == result.stderr.strip().splitlines()[-1]
     assert str(folder_raw) in errors[0] and "format: 'raw' there, 'jpeg' now" in errors[0]
     assert prepare.verify(str(folder_raw)) == []  # the set it refused is as it was
+
+
+def test_refuses_to_resume_after_the_source_changed(folder, tmp_path):
+    import shutil
+
+    root = tmp_path / 'folder'
+    shutil.copytree(folder, root)
+    out = tmp_path / 'prepared'
+    config = _folder_config(root)
+    prepare.prepare(config, str(out), examples_per_shard=2, progress=False)
+    stamps = _stamps(out, sorted(p.name for p in out.iterdir()))
+    # One more training image, first in the folder's order: every later one moves on by one,
+    # so the finished shards no longer hold the examples their indices name.
+    _smooth_image(280, 290, 7).save(root / 'train' / 'ant' / '00.jpg', quality=95)
+    with pytest.raises(PrepareError, match='changed') as error:
+        prepare.prepare(config, str(out), examples_per_shard=2, progress=False)
+    assert 'train: 5 examples then, 6 now' in str(error.value)
+    assert str(out) in str(error.value) and 'new folder' in str(error.value)
+    assert _stamps(out, sorted(p.name for p in out.iterdir())) == stamps
