@@ -10,13 +10,16 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -48,13 +51,13 @@ def _smooth_image(height: int, width: int, seed: int) -> Image.Image:
     return Image.fromarray(coarse).resize((width, height), Image.BICUBIC)
 
 
-def _fashion_config(data_dir: str):
+def _fashion_config(data_dir: str) -> ml_collections.ConfigDict:
     config = fashion_mnist.get_config()
     config.data_dir = data_dir
     return config
 
 
-def _folder_config(root: Path, **overrides):
+def _folder_config(root: Path, **overrides) -> ml_collections.ConfigDict:
     config = default.get_config()
     fields = dict(
         dataset='imagefolder',
@@ -85,7 +88,7 @@ def _data_files(out: Path) -> list[str]:
     return sorted(p.name for p in out.iterdir() if p.name.endswith(('.images', '.labels.npy')))
 
 
-def _stamps(out: Path, names) -> dict[str, tuple[int, int]]:
+def _stamps(out: Path, names: Iterable[str]) -> dict[str, tuple[int, int]]:
     """(inode, mtime in ns) of each of `names`: a file rewritten since has other ones."""
     return {n: ((st := os.stat(out / n)).st_ino, st.st_mtime_ns) for n in names}
 
@@ -123,7 +126,7 @@ def _read_all(out: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 @contextlib.contextmanager
-def _mounted(target: Path, *commands: list[str]):
+def _mounted(target: Path, *commands: list[str]) -> Iterator[Path]:
     """Runs the mount `commands` on `target` (skips the test where that is not allowed), and
     unmounts it whatever happens."""
     if os.geteuid() != 0:
@@ -146,7 +149,7 @@ def _mounted(target: Path, *commands: list[str]):
 
 
 @pytest.fixture(scope='module')
-def fashion(fashion_mnist_data_dir, tmp_path_factory):
+def fashion(fashion_mnist_data_dir, tmp_path_factory) -> tuple[Path, ml_collections.ConfigDict]:
     """Fashion-MNIST prepared raw, uninterrupted; returns (its folder, the config)."""
     out = tmp_path_factory.mktemp('fashion') / 'prepared'
     config = _fashion_config(fashion_mnist_data_dir)
@@ -483,8 +486,6 @@ def test_the_command_prints_one_error_line_for_a_refused_folder(folder, folder_r
 
 
 def test_refuses_to_resume_after_the_source_changed(folder, tmp_path):
-    import shutil
-
     root = tmp_path / 'folder'
     shutil.copytree(folder, root)
     out = tmp_path / 'prepared'
