@@ -342,13 +342,17 @@ def _kill_after_first_shard(out: Path, root: Path) -> None:
 
 @pytest.fixture(scope='module')
 def many(tmp_path_factory) -> Path:
-    """An image folder of 240 + 40 JPEGs: about a second to prepare, 4 ms a shard."""
+    """An image folder of 240 + 40 JPEGs, about a second to prepare (4 ms a shard); one
+    training file (example 100) cut short, one more that is no image at all."""
     root = tmp_path_factory.mktemp('many')
     for split, count in (('train', 240), ('val', 40)):
         for i in range(count):
             (root / split / 'ab'[i % 2]).mkdir(parents=True, exist_ok=True)
             image = _smooth_image(300, 300 + i % 7, seed=1000 + i + len(split))
             image.save(root / split / 'ab'[i % 2] / f'{i:03d}.jpg', quality=90)
+    cut = root / 'train' / 'a' / '200.jpg'
+    cut.write_bytes(cut.read_bytes()[:3000])
+    (root / 'train' / 'b' / 'zzz.jpg').write_bytes(b'no image ' * 50)
     return root
 
 
@@ -361,6 +365,8 @@ def test_a_killed_preparation_resumes_to_the_same_bytes(many, tmp_path):
     finished = sorted(p.stem for p in out.glob('*-*.json'))
     shards = len(list(reference.glob('*-*.json')))
     assert shards == 70 and 1 <= len(finished) < shards, 'killed in the middle'
+    skipped = prepared_files.read_header(str(reference)).splits['train']['skipped']
+    assert sorted(skipped) == [str(many / 'train' / 'a' / '200.jpg'), str(many / 'train/b/zzz.jpg')]
     assert (out / prepared_files.MARKER).exists() and not (out / prepared_files.HEADER).exists()
     with pytest.raises(prepared_files.PreparedError, match='incomplete.*rerun'):
         prepared_files.read_header(str(out))
