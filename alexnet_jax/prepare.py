@@ -361,14 +361,19 @@ def _write_header(
 
 
 def verify(out: str) -> list[str]:
-    """The shards of the prepared set at `out` whose images' CRC-32 differs from the header's."""
+    """The files of the prepared set at `out` (images, labels, offsets) whose CRC-32 differs
+    from the header's, or that are missing."""
     header = prepared_files.read_header(out)
     bad = []
     for split in header.splits.values():
         for record in split['shards']:
-            path = os.path.join(out, record['stem'] + '.images')
-            if not os.path.exists(path) or prepared_files.file_crc32(path) != record['crc32']:
-                bad.append(path)
+            expected = {record['stem'] + '.images': record['crc32']}
+            for name, crc in record.get('arrays_crc32', {}).items():
+                expected[f'{record["stem"]}.{name}.npy'] = crc
+            for name, crc in expected.items():
+                path = os.path.join(out, name)
+                if not os.path.exists(path) or prepared_files.file_crc32(path) != crc:
+                    bad.append(path)
     return bad
 
 

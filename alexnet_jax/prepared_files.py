@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import zlib
@@ -87,17 +88,25 @@ class ShardWriter:
         arrays = {'labels': np.asarray(self.labels, np.int32)}
         if self.format == 'jpeg':
             arrays['offsets'] = np.asarray(self.offsets, np.int64)
+        arrays_crc32 = {}
         for name, array in arrays.items():
+            encoded = io.BytesIO()
+            np.save(encoded, array, allow_pickle=False)
+            data = encoded.getvalue()
             path = os.path.join(self.root, f'{self.stem}.{name}.npy')
             with open(path + '.tmp', 'wb') as f:
-                np.save(f, array, allow_pickle=False)
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(path + '.tmp', path)
+            arrays_crc32[name] = zlib.crc32(data)
         os.replace(self._tmp, self.images_path)
         record = {
             'stem': self.stem,
             'count': len(self.labels),
             'bytes': self.offsets[-1],
             'crc32': self.crc,
+            'arrays_crc32': arrays_crc32,  # of the .npy files, whole: --verify checks them too
             'skipped': self.skipped,
         }
         write_json(os.path.join(self.root, self.stem + '.json'), record)

@@ -393,17 +393,24 @@ def test_a_killed_preparation_resumes_to_the_same_bytes(many, tmp_path):
     _assert_same_set(out, reference)
     assert prepare.verify(str(out)) == []
 
-    # --verify names a shard with one byte flipped.
+    # --verify names the files with one byte flipped: an image's, and a label's.
     flipped = out / 'train-00005.images'
     with open(flipped, 'r+b') as f:
         f.seek(12_345)
         byte = f.read(1)
         f.seek(12_345)
         f.write(bytes([byte[0] ^ 0x01]))
-    assert prepare.verify(str(out)) == [str(flipped)]
+    flipped_label = out / 'eval-00002.labels.npy'
+    with open(flipped_label, 'r+b') as f:
+        f.seek(-1, os.SEEK_END)  # the high byte of the last label: still a shard of 4 labels
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([byte[0] ^ 0x01]))
+    assert prepare.verify(str(out)) == [str(flipped), str(flipped_label)]
     result = _run_cli('--out', str(out), '--verify')
     assert result.returncode != 0
-    assert 'checksum mismatch' in result.stderr and str(flipped) in result.stderr
+    assert 'checksum mismatch' in result.stderr
+    assert str(flipped) in result.stderr and str(flipped_label) in result.stderr
     assert 'Traceback' not in result.stderr
 
 
@@ -467,6 +474,8 @@ def test_a_full_disk_keeps_the_finished_shards(fashion, tmp_path):
             assert record is not None and record['count'] == per_shard
             images = target / (record['stem'] + '.images')
             assert prepared_files.file_crc32(str(images)) == record['crc32']
+            labels = target / (record['stem'] + '.labels.npy')
+            assert prepared_files.file_crc32(str(labels)) == record['arrays_crc32']['labels']
         assert not list(target.glob('*.tmp'))
 
 
