@@ -113,7 +113,8 @@ def _check_out(out: str, params: dict) -> None:
                     'folder, or the same settings to resume it.'
                 )
             return
-    if os.listdir(out):
+    # A marker's temporary file alone: a first run killed while it wrote the marker.
+    if set(os.listdir(out)) - {MARKER + '.tmp'}:
         raise PrepareError(
             f'--out {out} is not empty and holds no prepared set ({HEADER} or {MARKER}): '
             'refusing to write into it. Name a new or empty folder.'

@@ -169,7 +169,7 @@ class Header:
     quality: int | None
     image_shape: tuple[int, int, int]  # (H, W, C) of every stored image
     classes: list[str]
-    splits: dict[str, dict]  # split -> {'source_split', 'count', 'skipped', 'shards': [...]}
+    splits: dict[str, dict]  # split -> {'count', 'skipped', 'shards': [record, ...]}
 
     def count(self, split: str) -> int:
         return int(self.splits[split]['count'])

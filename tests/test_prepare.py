@@ -425,6 +425,19 @@ def test_refuses_a_folder_that_holds_something_else(folder, tmp_path):
         prepare.prepare(_folder_config(folder), str(out), progress=False)
     assert str(out) in str(error.value) and 'new or empty folder' in str(error.value)
     assert sorted(p.name for p in out.iterdir()) == ['notes.txt']
+    a_file = tmp_path / 'a_file'
+    a_file.write_text('mine')
+    with pytest.raises(PrepareError, match='is a file; name a folder'):
+        prepare.prepare(_folder_config(folder), str(a_file), progress=False)
+    assert a_file.read_text() == 'mine'
+
+
+def test_a_first_run_killed_while_writing_its_marker_is_resumed(folder, folder_raw, tmp_path):
+    out = tmp_path / 'marker'
+    out.mkdir()
+    (out / (prepared_files.MARKER + '.tmp')).write_text('{"format_ver')  # cut short
+    prepare.prepare(_folder_config(folder), str(out), examples_per_shard=2, progress=False)
+    _assert_same_set(out, folder_raw)
 
 
 def test_refuses_a_preparation_with_other_settings(folder, folder_raw):
