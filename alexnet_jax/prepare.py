@@ -18,6 +18,7 @@ image that cannot be decoded is named in the log, skipped and listed in the head
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import os
 import sys
@@ -37,7 +38,9 @@ class PrepareError(RuntimeError):
     """Preparation cannot go on (refused folder, full or read-only disk); finished shards stay."""
 
 
-def _params(config, image_format: str, quality: int, per_shard: int, image_shape) -> dict:
+def _params(
+    config, image_format: str, quality: int, per_shard: int, image_shape, sources: dict
+) -> dict:
     return {
         'format_version': prepared_files.FORMAT_VERSION,
         'dataset': config.dataset,
@@ -46,7 +49,38 @@ def _params(config, image_format: str, quality: int, per_shard: int, image_shape
         'quality': quality if image_format == 'jpeg' else None,
         'image_shape': list(image_shape),
         'examples_per_shard': per_shard,
+        'source': _source_summary(sources),
     }
+
+
+def _source_summary(sources: dict) -> dict:
+    """Per split, the number of source examples and a digest of their file names (where they
+    have names). Shard k holds source examples [k * per, (k + 1) * per): were images added,
+    removed or renamed since, a resumed preparation would mix shards of two different lists."""
+    summary = {}
+    for split, source in sources.items():
+        digest = None
+        if source.names is not None:
+            digest = hashlib.sha1('\0'.join(source.names).encode()).hexdigest()
+        summary[split] = {'examples': source.num_examples, 'names_sha1': digest}
+    return summary
+
+
+def _source_change(there: dict | None, now: dict) -> str:
+    """How the source differs from the one a preparation was made from, in words."""
+    changes = []
+    for split in sorted(set(there or {}) | set(now)):
+        old, new = (there or {}).get(split), now.get(split)
+        if old is None or new is None:
+            changes.append(
+                f'{split}: {"not there" if old is None else "there"} then, '
+                f'{"not there" if new is None else "there"} now'
+            )
+        elif old['examples'] != new['examples']:
+            changes.append(f'{split}: {old["examples"]} examples then, {new["examples"]} now')
+        elif old != new:
+            changes.append(f'{split}: other file names')
+    return '; '.join(changes)
 
 
 def _check_out(out: str, params: dict) -> None:
@@ -60,6 +94,14 @@ def _check_out(out: str, params: dict) -> None:
         if os.path.exists(path):
             existing = prepared_files.read_json(path)
             mine = {k: existing.get(k) for k in params}
+            if mine['source'] != params['source'] and all(
+                mine[k] == params[k] for k in params if k != 'source'
+            ):
+                raise PrepareError(
+                    f'--out {out} was prepared from {params["dataset"]} before its source '
+                    f'changed ({_source_change(mine["source"], params["source"])}): its shards '
+                    f'no longer match the source. Prepare into a new folder (or delete {out}).'
+                )
             if mine != params:
                 differ = ', '.join(
                     f'{k}: {mine[k]!r} there, {params[k]!r} now'
@@ -71,7 +113,8 @@ def _check_out(out: str, params: dict) -> None:
                     'folder, or the same settings to resume it.'
                 )
             return
-    if os.listdir(out):
+    # A marker's temporary file alone: a first run killed while it wrote the marker.
+    if set(os.listdir(out)) - {MARKER + '.tmp'}:
         raise PrepareError(
             f'--out {out} is not empty and holds no prepared set ({HEADER} or {MARKER}): '
             'refusing to write into it. Name a new or empty folder.'
@@ -245,7 +288,7 @@ def prepare(
     except ValueError as e:  # an image folder without val/: a training set only
         log.warning('No evaluation split prepared: %s', e)
     shape = _stored_shape(config, sources['train'])
-    params = _params(config, image_format, quality, examples_per_shard, shape)
+    params = _params(config, image_format, quality, examples_per_shard, shape, sources)
     _check_out(out, params)
     try:
         os.makedirs(out, exist_ok=True)
@@ -319,14 +362,19 @@ def _write_header(
 
 
 def verify(out: str) -> list[str]:
-    """The shards of the prepared set at `out` whose images' CRC-32 differs from the header's."""
+    """The files of the prepared set at `out` (images, labels, offsets) whose CRC-32 differs
+    from the header's, or that are missing."""
     header = prepared_files.read_header(out)
     bad = []
     for split in header.splits.values():
         for record in split['shards']:
-            path = os.path.join(out, record['stem'] + '.images')
-            if not os.path.exists(path) or prepared_files.file_crc32(path) != record['crc32']:
-                bad.append(path)
+            expected = {record['stem'] + '.images': record['crc32']}
+            for name, crc in record.get('arrays_crc32', {}).items():
+                expected[f'{record["stem"]}.{name}.npy'] = crc
+            for name, crc in expected.items():
+                path = os.path.join(out, name)
+                if not os.path.exists(path) or prepared_files.file_crc32(path) != crc:
+                    bad.append(path)
     return bad
 
 

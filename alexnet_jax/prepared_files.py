@@ -16,7 +16,9 @@ access (RESULTS.md, "Prepared data"). Nothing here is pickled.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import zlib
@@ -42,11 +44,16 @@ def shard_stem(split: str, index: int) -> str:
 def write_json(path: str, value: dict) -> None:
     """Writes ``value`` to ``path`` whole or not at all (a temporary file, then a rename)."""
     tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(value, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'w') as f:
+            json.dump(value, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, say: no half-written temporary file stays behind
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def read_json(path: str) -> dict:
@@ -81,43 +88,66 @@ class ShardWriter:
         arrays = {'labels': np.asarray(self.labels, np.int32)}
         if self.format == 'jpeg':
             arrays['offsets'] = np.asarray(self.offsets, np.int64)
+        arrays_crc32 = {}
         for name, array in arrays.items():
+            encoded = io.BytesIO()
+            np.save(encoded, array, allow_pickle=False)
+            data = encoded.getvalue()
             path = os.path.join(self.root, f'{self.stem}.{name}.npy')
             with open(path + '.tmp', 'wb') as f:
-                np.save(f, array, allow_pickle=False)
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
             os.replace(path + '.tmp', path)
+            arrays_crc32[name] = zlib.crc32(data)
         os.replace(self._tmp, self.images_path)
         record = {
             'stem': self.stem,
             'count': len(self.labels),
             'bytes': self.offsets[-1],
             'crc32': self.crc,
+            'arrays_crc32': arrays_crc32,  # of the .npy files, whole: --verify checks them too
             'skipped': self.skipped,
         }
         write_json(os.path.join(self.root, self.stem + '.json'), record)
         return record
 
     def abort(self) -> None:
-        """Drops the unfinished shard (finished shards are never touched)."""
-        try:
+        """Drops the unfinished shard's temporary files (finished shards are never touched).
+
+        Closing flushes what is buffered and fails again where writing failed (a full disk);
+        the file is closed and dropped all the same, so the caller sees the first error only.
+        """
+        with contextlib.suppress(OSError):
             self._file.close()
-        finally:
-            if os.path.exists(self._tmp):
-                os.remove(self._tmp)
+        arrays = [
+            os.path.join(self.root, f'{self.stem}.{n}.npy.tmp') for n in ('labels', 'offsets')
+        ]
+        for path in (self._tmp, *arrays):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
 
 
 def finished_record(root: str, split: str, index: int, image_format: str) -> dict | None:
-    """The record of a finished shard whose files are all there at their sizes, else None."""
+    """The record of a finished shard whose files are all there at their sizes, else None.
+
+    The label (and offset) arrays are read whole (a few kB a shard): one cut short or missing
+    makes the shard unfinished, so a rerun rewrites it rather than finding nothing to do.
+    """
     stem = shard_stem(split, index)
     try:
         record = read_json(os.path.join(root, stem + '.json'))
         if os.path.getsize(os.path.join(root, stem + '.images')) != record['bytes']:
             return None
-        names = ('labels', 'offsets') if image_format == 'jpeg' else ('labels',)
-        if not all(os.path.exists(os.path.join(root, f'{stem}.{n}.npy')) for n in names):
-            return None
+        lengths = {'labels': record['count']}
+        if image_format == 'jpeg':
+            lengths['offsets'] = record['count'] + 1
+        for name, length in lengths.items():
+            array = np.load(os.path.join(root, f'{stem}.{name}.npy'), allow_pickle=False)
+            if array.shape != (length,):
+                return None
         return record
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError):
         return None
 
 
@@ -139,7 +169,7 @@ class Header:
     quality: int | None
     image_shape: tuple[int, int, int]  # (H, W, C) of every stored image
     classes: list[str]
-    splits: dict[str, dict]  # split -> {'source_split', 'count', 'skipped', 'shards': [...]}
+    splits: dict[str, dict]  # split -> {'count', 'skipped', 'shards': [record, ...]}
 
     def count(self, split: str) -> int:
         return int(self.splits[split]['count'])
