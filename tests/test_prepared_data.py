@@ -80,10 +80,10 @@ def _stream(config, steps_: int, *, start: int = 0, host: int = 0, hosts: int = 
     return [_flat(b) for b in _take(it, steps_)]
 
 
-def _check_images(batch: dict, reference) -> np.ndarray:
+def _check_images(batch: dict, reference, seed: int = 0) -> np.ndarray:
     """Asserts each example is the tfds example its position maps to; returns the indices."""
     images, labels = reference
-    indices = PositionIndex(0, N_TRAIN)(batch['position'].astype(np.int64))
+    indices = PositionIndex(seed, N_TRAIN)(batch['position'].astype(np.int64))
     np.testing.assert_array_equal(batch['image'], images[indices])
     np.testing.assert_array_equal(batch['label'], labels[indices])
     return indices
@@ -154,9 +154,13 @@ def test_resumed_stream_continues_the_uninterrupted_one_and_epochs_are_permutati
     epochs = [indices[:N_TRAIN], indices[N_TRAIN : 2 * N_TRAIN]]
     for order in epochs:
         np.testing.assert_array_equal(np.sort(order), np.arange(N_TRAIN))
+    images = np.concatenate([b['image'] for b in full])[N_TRAIN : 2 * N_TRAIN]
+    labels = np.concatenate([b['label'] for b in full])[N_TRAIN : 2 * N_TRAIN]
+    assert np.array_equal(_rows(images, labels), _rows(*reference['train']))  # epoch 1, too
     assert (epochs[0] != epochs[1]).mean() > 0.99  # a fresh shuffle each epoch
     assert (epochs[0][:1000] != np.arange(1000)).mean() > 0.99  # shuffled at all
     other = _stream(_config(*prepared, batch_size=batch, seed=1), 1, devices=2)[0]
+    _check_images(other, reference['train'], seed=1)
     assert (other['label'] != full[0]['label']).mean() > 0.5
     assert not np.array_equal(other['image'], full[0]['image'])
     np.testing.assert_array_equal(other['position'], full[0]['position'])
@@ -214,6 +218,11 @@ def test_training_crops_and_flips_are_numpy_crops_keyed_on_the_position(prepared
     np.testing.assert_array_equal(yx2, yx[order])
     np.testing.assert_array_equal(flip2, flip[order])
     np.testing.assert_array_equal(out2, out[order])
+    two = jax.pmap(
+        lambda b: device_preprocess(b, None, stats, config, train=True),
+        devices=jax.local_devices()[:2],
+    )({k: shuffled[k].reshape((2, 256) + shuffled[k].shape[1:]) for k in ('image', 'position')})
+    np.testing.assert_array_equal(np.asarray(two).reshape(out2.shape), out2)  # on two devices
     # Other positions: other crops (keyed on the position, not the slot).
     moved = {**shuffled, 'position': shuffled['position'] + 100_000}
     _, yx3, flip3 = _on_device(config, moved, train=True, stats=stats)
