@@ -305,6 +305,23 @@ def test_eval_hosts_read_each_image_once_in_equal_numbers_of_batches(prepared, r
     np.testing.assert_array_equal(np.concatenate([s['label'] for s in seen]), labels)
 
 
+@pytest.mark.parametrize(('train_', 'crops'), [(True, 1), (False, 10)])
+def test_the_mean_image_is_cropped_and_mirrored_with_each_crop(prepared, train_, crops):
+    config = _config(*prepared, batch_size=256, normalization='mean_image', eval_crops=crops)
+    batch = _stream(config, 1)[0]
+    base = SIZE + 2 * PAD
+    mean = np.random.default_rng(1).uniform(0, 255, (base, base, 1)).astype(np.float32)
+    stats = _stats(base)._replace(mean_image=mean)
+    out, yx, flip = _on_device(config, batch, train=train_, stats=stats)
+    yx, flip = yx.reshape(256, crops, 2), flip.reshape(256, crops)
+    out = out.reshape(256, crops, SIZE, SIZE, 1)
+    for i in range(0, 256, 17):
+        for k in range(crops):
+            image = _numpy_crop(batch['image'][i], PAD, yx[i, k], flip[i, k], SIZE)
+            m = _numpy_crop(mean, 0, yx[i, k], flip[i, k], SIZE)
+            np.testing.assert_allclose(out[i, k], image - m, atol=1e-4)
+
+
 def test_227_crops_of_256_base_images():
     config = default.get_config()
     config.normalization, config.pca_noise_std = 'none', 0.0
