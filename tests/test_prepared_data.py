@@ -530,3 +530,16 @@ def test_a_truncated_shard_fails_naming_the_file_when_the_stream_opens(prepared,
     with pytest.raises(PreparedError, match='truncated') as error:
         next(stream)
     assert str(root / victim) in str(error.value)
+
+
+def test_reader_threads_default_to_the_cores_also_without_sched_getaffinity(prepared, monkeypatch):
+    from alexnet_jax import prepared_data
+
+    assert prepared_data.threads(_config(*prepared, input_threads=3)) == 3
+    config = _config(*prepared, input_threads=0)
+    assert prepared_data.threads(config) == len(os.sched_getaffinity(0))
+    monkeypatch.delattr(os, 'sched_getaffinity')  # as on macOS
+    monkeypatch.setattr(os, 'cpu_count', lambda: 5)
+    assert prepared_data.threads(config) == 5
+    batch = _stream(_config(*prepared, batch_size=64, input_threads=0), 1)[0]
+    assert batch['image'].shape == (64, SIZE, SIZE, 1)
