@@ -188,8 +188,13 @@ def eval_chunks(config, header: Header, pi: int, pc: int) -> Iterator[dict[str, 
 
 
 def threads(config) -> int:
-    """Reader threads: ``config.input_threads``, or (0) every core of this process."""
-    return config.input_threads or len(os.sched_getaffinity(0))
+    """Reader threads: ``config.input_threads``, or (0) every core of this process (every core
+    of the machine where the process cannot tell, as on macOS)."""
+    if config.input_threads:
+        return config.input_threads
+    if hasattr(os, 'sched_getaffinity'):  # Linux only
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 class Prepared:
