@@ -45,8 +45,12 @@ def compute_stats(
 ) -> tuple[Stats, int]:
     """Statistics over the training split (or its first `max_images`), never cached;
     returns (stats, count)."""
-    source = datasets.get(config).source(train=True)
-    return image_stats.compute_stats(source, config, max_images)
+    dataset = datasets.get(config)
+    if config.dataset == 'prepared':  # no tf.data source: the set's own base images
+        return dataset.compute_stats(max_images)
+    if config.dataset == 'synthetic':  # exact statistics, nothing to compute
+        return dataset.stats(), dataset.info().num_train
+    return image_stats.compute_stats(dataset.source(train=True), config, max_images)
 
 
 def main(argv: list[str]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -48,9 +49,16 @@ def save_stats(stats: Stats, path: str, **meta) -> None:
         with open(path, 'w') as f:
             json.dump({**{k: v.tolist() for k, v in arrays.items()}, **meta}, f)
     else:
-        tmp = path + '.tmp.npz'
-        np.savez(tmp, **arrays, **{k: np.asarray(v) for k, v in meta.items()})
-        os.replace(tmp, path)
+        # A temporary file of its own: hosts sharing a data dir may write the cache at once.
+        fd, tmp = tempfile.mkstemp(suffix='.npz', dir=os.path.dirname(os.path.abspath(path)))
+        try:
+            with os.fdopen(fd, 'wb') as f:
+                np.savez(f, **arrays, **{k: np.asarray(v) for k, v in meta.items()})
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
 
 
 def read_stats(path: str) -> Stats:

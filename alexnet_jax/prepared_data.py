@@ -111,6 +111,11 @@ class _Gather:
         self.reader, self.threads = reader, threads
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix='prepared-read')
 
+    def close(self) -> None:
+        """Stops the threads and closes the shard files."""
+        self.pool.shutdown(wait=True)
+        self.reader.close()
+
     def __call__(self, indices: np.ndarray) -> np.ndarray:
         out = np.empty((len(indices), *self.reader.shape), np.uint8)
         parts = np.array_split(np.arange(len(indices)), min(self.threads, len(indices)) or 1)
@@ -165,7 +170,7 @@ def train_batches(
     try:
         yield from _ahead(make, steps(), max(config.prefetch_batches, 1))
     finally:
-        reader.close()
+        gather.close()
 
 
 def eval_chunks(config, header: Header, pi: int, pc: int) -> Iterator[dict[str, np.ndarray]]:
@@ -184,7 +189,7 @@ def eval_chunks(config, header: Header, pi: int, pc: int) -> Iterator[dict[str, 
     try:
         yield from _ahead(make, iter(range(lo, hi, _EVAL_CHUNK)), 2)
     finally:
-        reader.close()
+        gather.close()
 
 
 def threads(config) -> int:
@@ -251,16 +256,24 @@ class Prepared:
         image_stats.save_stats(stats, path, num_images=count)
         return stats
 
-    def _base_batches(self, header: Header) -> Iterator[np.ndarray]:
+    def compute_stats(self, max_images: int | None = None) -> tuple[Stats, int]:
+        """Statistics of the training split's base images (or its first `max_images`), never
+        cached; (stats, count). For the ``dataset_stats`` command."""
+        return image_stats.stats_from_batches(
+            self._base_batches(self.header(), max_images), self.config.crop_padding, 'prepared'
+        )
+
+    def _base_batches(self, header: Header, max_images: int | None = None) -> Iterator[np.ndarray]:
         reader = ShardReader(header, 'train')
         gather = _Gather(reader, threads(self.config))
         p = self.config.crop_padding
+        n = min(reader.num_examples, max_images or reader.num_examples)
         try:
-            for start in range(0, reader.num_examples, 1024):
-                images = gather(np.arange(start, min(start + 1024, reader.num_examples)))
+            for start in range(0, n, 1024):
+                images = gather(np.arange(start, min(start + 1024, n)))
                 yield np.pad(images, [(0, 0), (p, p), (p, p), (0, 0)]) if p else images
         finally:
-            reader.close()
+            gather.close()
 
     def base_shape(self) -> tuple[int, int, int]:
         h, w, c = self.header().image_shape

@@ -543,3 +543,18 @@ def test_reader_threads_default_to_the_cores_also_without_sched_getaffinity(prep
     assert prepared_data.threads(config) == 5
     batch = _stream(_config(*prepared, batch_size=64, input_threads=0), 1)[0]
     assert batch['image'].shape == (64, SIZE, SIZE, 1)
+
+
+def test_statistics_of_a_prepared_set_equal_the_tf_data_paths(prepared):
+    """The `dataset_stats` computation over the prepared base images (numpy, zero-padded on
+    the host) against the same computation through the tfds source and tf.data."""
+    from alexnet_jax import dataset_stats
+
+    root, data_dir = prepared
+    ours, count = dataset_stats.compute_stats(_config(root, data_dir), max_images=3000)
+    tfds_config = fashion_mnist.get_config()
+    tfds_config.data_dir = data_dir
+    theirs, their_count = dataset_stats.compute_stats(tfds_config, max_images=3000)
+    assert count == their_count == 3000
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
