@@ -68,6 +68,15 @@ def train_rate(config: str, overrides: dict, steps: int, log_every: int, workdir
     return statistics.median(rates[1:])
 
 
+def _sources(prepared: str, common: dict, **more: dict) -> dict:
+    """The rows of a case: synthetic data, the prepared set, and `more` (name -> overrides)."""
+    return {
+        'synthetic': {**common, 'dataset': 'synthetic'},
+        'prepared_raw': {**common, 'dataset': 'prepared', 'dataset_path': prepared},
+        **more,
+    }
+
+
 def paper_sources(folder: str, data_dir: str) -> tuple[str, dict]:
     from alexnet_jax import prepare
     from experiments.benchmarks import input_pipeline
@@ -84,11 +93,7 @@ def paper_sources(folder: str, data_dir: str) -> tuple[str, dict]:
     config.num_classes, config.data_dir = 1000, data_dir
     prepared = os.path.join(folder, 'paper-prepared')
     prepare.prepare(config, prepared, progress=False)
-    common = {'data_dir': data_dir}
-    return 'configs/imagenet.py', {
-        'synthetic': {**common, 'dataset': 'synthetic'},
-        'prepared_raw': {**common, 'dataset': 'prepared', 'dataset_path': prepared},
-    }
+    return 'configs/imagenet.py', _sources(prepared, {'data_dir': data_dir})
 
 
 def quickstart_sources(folder: str, data_dir: str) -> tuple[str, dict]:
@@ -99,12 +104,9 @@ def quickstart_sources(folder: str, data_dir: str) -> tuple[str, dict]:
     config.data_dir = data_dir
     prepared = os.path.join(folder, 'fashion-prepared')
     prepare.prepare(config, prepared, progress=False)
-    common = {'data_dir': data_dir}
-    return 'configs/fashion_mnist.py', {
-        'synthetic': {**common, 'dataset': 'synthetic'},
-        'prepared_raw': {**common, 'dataset': 'prepared', 'dataset_path': prepared},
-        'tfdata': {**common, 'dataset': 'fashion_mnist'},
-    }
+    return 'configs/fashion_mnist.py', _sources(
+        prepared, {'data_dir': data_dir}, tfdata={'data_dir': data_dir, 'dataset': 'fashion_mnist'}
+    )
 
 
 def write_generated(out: str, count: int, classes: int, per_shard: int = 2000) -> None:
@@ -144,10 +146,7 @@ def generated_sources(folder: str, data_dir: str) -> tuple[str, dict]:
     prepared = os.path.join(folder, 'generated')
     write_generated(prepared, 10_000, 1000)
     common = {'data_dir': data_dir, 'batch_size': 256, 'half_precision': True, 'input_threads': 8}
-    return 'configs/imagenet.py', {
-        'synthetic': {**common, 'dataset': 'synthetic'},
-        'prepared_raw': {**common, 'dataset': 'prepared', 'dataset_path': prepared},
-    }
+    return 'configs/imagenet.py', _sources(prepared, common)
 
 
 CASES = {
