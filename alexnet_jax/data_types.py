@@ -1,8 +1,9 @@
 """The values the data code passes between its modules, and the shape of a dataset object.
 
 A dataset object (`tfds_data.TfdsDataset`, `image_folder.ImageFolder`,
-`synthetic_data.Synthetic`; chosen by `datasets.get`) offers its :class:`DatasetInfo`, the
-:class:`Source` of a split on one host, and its :class:`Stats`. `input_pipeline` streams any
+`synthetic_data.Synthetic`, `prepared_data.Prepared`; chosen by `datasets.get`) offers its
+:class:`DatasetInfo`, the :class:`Source` (or :class:`HostArrays`) of a split on one host, and
+its :class:`Stats`. `input_pipeline` streams any
 source to host batches; `device_preprocessing` uses the statistics on the device. Nothing here
 imports TensorFlow or JAX.
 """
@@ -75,7 +76,7 @@ class Source:
 
 @dataclasses.dataclass(frozen=True)
 class HostArrays:
-    """Examples made on the host as numpy arrays, not read through `tf.data` (synthetic data).
+    """Examples as numpy arrays, not read through `tf.data` (synthetic data, prepared sets).
 
     ``train_batches(devices, per_device, start_step)`` yields [devices, per_device, ...]
     batches from `start_step` on; ``eval_chunks()`` yields this host's evaluation examples.

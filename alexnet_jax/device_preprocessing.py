@@ -33,7 +33,8 @@ def device_preprocess(
     train: bool,
     dtype: Any = jnp.float32,
 ) -> jax.Array:
-    """uint8 crops -> float model input: PCA colour noise (train) and normalisation. Pure jnp.
+    """uint8 images -> float model input: crops of whole base images (a batch with 'position'),
+    PCA colour noise (train) and normalisation. Pure jnp.
 
     `batch['image']` is one device's shard, [B, H, W, C] or [B, K, H, W, C] (ten crops), uint8;
     `batch['crop_yx']` [..., 2] and `batch['flip']` [...] locate each crop in the base image so

@@ -51,6 +51,7 @@ def save_stats(stats: Stats, path: str, **meta) -> None:
     else:
         # A temporary file of its own: hosts sharing a data dir may write the cache at once.
         fd, tmp = tempfile.mkstemp(suffix='.npz', dir=os.path.dirname(os.path.abspath(path)))
+        os.fchmod(fd, 0o644)  # as a plain open() would make it (mkstemp's is 0600)
         try:
             with os.fdopen(fd, 'wb') as f:
                 np.savez(f, **arrays, **{k: np.asarray(v) for k, v in meta.items()})

@@ -26,8 +26,9 @@ from collections.abc import Iterator
 
 import ml_collections
 
-from alexnet_jax import datasets, prepared_files
+from alexnet_jax import datasets, prepared_files, workdir_lock
 from alexnet_jax.prepared_files import HEADER, MARKER, PreparedError
+from alexnet_jax.workdir_lock import WorkdirLockedError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ def _params(
         'format': image_format,
         'quality': quality if image_format == 'jpeg' else None,
         'image_shape': list(image_shape),
+        # 0: the paper's resize_size squares; > 0: small images kept at their own size.
+        'crop_padding': int(config.crop_padding),
+        'resize_size': None if config.crop_padding > 0 else int(config.resize_size),
         'examples_per_shard': per_shard,
         'source': _source_summary(sources),
     }
@@ -114,7 +118,7 @@ def _check_out(out: str, params: dict) -> None:
                 )
             return
     # A marker's temporary file alone: a first run killed while it wrote the marker.
-    if set(os.listdir(out)) - {MARKER + '.tmp'}:
+    if set(os.listdir(out)) - {MARKER + '.tmp', workdir_lock.LOCK_NAME}:
         raise PrepareError(
             f'--out {out} is not empty and holds no prepared set ({HEADER} or {MARKER}): '
             'refusing to write into it. Name a new or empty folder.'
@@ -183,7 +187,7 @@ def _describe(source, index: int, split: str) -> str:
 
 
 def _write_shards(
-    config, source, split: str, todo: list[int], params: dict, out: str, bar
+    config, source, split: str, todo: list[int], params: dict, out: str, tick
 ) -> list[str]:
     """Writes the shards `todo` of `split`; returns the names of images that failed to decode."""
     per, n = params['examples_per_shard'], source.num_examples
@@ -198,13 +202,13 @@ def _write_shards(
         lo, hi = run[0] * per, min((run[-1] + 1) * per, n)
         stream = _encoded(config, source, lo, hi, params['format'], params['quality'])
         failed += _write_run(
-            stream.as_numpy_iterator(), source, split, run, lo, hi, params, out, bar
+            stream.as_numpy_iterator(), source, split, run, lo, hi, params, out, tick
         )
     return failed
 
 
 def _write_run(
-    stream: Iterator, source, split: str, run: list[int], lo: int, hi: int, params, out, bar
+    stream: Iterator, source, split: str, run: list[int], lo: int, hi: int, params, out, tick
 ) -> list[str]:
     """Writes shards `run` (source examples [lo, hi)) from `stream`, naming the gaps."""
     per = params['examples_per_shard']
@@ -224,13 +228,13 @@ def _write_run(
                     writer.skipped.append(name)
                     failed.append(name)
                     expected += 1
-                    bar.update(1)
+                    tick()
                 if index >= end:  # the next example belongs to a later shard
                     break
                 _, data, label = pending
                 writer.add(data if isinstance(data, bytes) else data.tobytes(), label)
                 pending, expected = None, expected + 1
-                bar.update(1)
+                tick()
             writer.finish()
             writer = None
     except OSError as e:
@@ -269,8 +273,6 @@ def prepare(
     progress: bool = True,
 ) -> prepared_files.Header:
     """Writes (or finishes) the prepared set of `config`'s dataset at `out`; returns its header."""
-    from tqdm import tqdm
-
     if config.dataset not in SOURCES:
         raise PrepareError(
             f'prepare reads one of {", ".join(SOURCES)}; config.dataset is {config.dataset!r}.'
@@ -292,16 +294,32 @@ def prepare(
     _check_out(out, params)
     try:
         os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise PrepareError(
+            f'Cannot create --out {out}: {e.strerror}. Name a folder you can write.'
+        ) from None
+    lock = workdir_lock.WorkdirLock(out)  # one preparation per folder at a time
+    try:
+        lock.acquire()
+    except WorkdirLockedError as e:
+        raise PrepareError(f'Another preparation is writing {out}: {e}') from None
+    except OSError as e:
+        raise _disk_error(e, out) from None
+    try:
+        return _prepare_locked(config, out, params, sources, info.class_names, progress, lock)
+    finally:
+        lock.release()
+
+
+def _prepare_locked(config, out, params, sources, classes, progress, lock) -> prepared_files.Header:
+    from tqdm import tqdm
+
+    image_format, examples_per_shard = params['format'], params['examples_per_shard']
+    try:
         if not os.path.exists(os.path.join(out, HEADER)):
             prepared_files.write_json(os.path.join(out, MARKER), params)
     except OSError as e:
-        raise (
-            _disk_error(e, out)
-            if os.path.isdir(out)
-            else PrepareError(
-                f'Cannot create --out {out}: {e.strerror}. Name a folder you can write.'
-            )
-        ) from None
+        raise _disk_error(e, out) from None
     todo = {}
     for split, source in sources.items():
         shards = -(-source.num_examples // examples_per_shard)
@@ -321,9 +339,14 @@ def prepare(
     with tqdm(
         total=remaining, unit='img', desc=f'prepare {config.dataset}', disable=not progress
     ) as bar:
+
+        def tick() -> None:
+            bar.update(1)
+            lock.heartbeat()
+
         for split, source in sources.items():
-            _write_shards(config, source, split, todo[split], params, out, bar)
-    return _write_header(out, params, info.class_names, sources)
+            _write_shards(config, source, split, todo[split], params, out, tick)
+    return _write_header(out, params, classes, sources)
 
 
 def _write_header(
@@ -343,9 +366,8 @@ def _write_header(
             'skipped': skipped,
             'shards': records,
         }
-    header = {**params, 'classes': classes, 'splits': splits}
     try:
-        prepared_files.write_json(os.path.join(out, HEADER), header)
+        prepared_files.write_header(out, params, classes, splits)
         if os.path.exists(os.path.join(out, MARKER)):
             os.remove(os.path.join(out, MARKER))
     except OSError as e:
@@ -389,6 +411,8 @@ def main(argv: list[str]) -> None:
     cli.quiet_libraries()
     logging.getLogger('alexnet_jax').setLevel(logging.INFO)
     f = flags.FLAGS
+    if not f.verify and f.config is None:
+        raise app.UsageError('--config is required (the dataset to prepare); --verify needs none.')
     try:
         if f.verify:
             bad = verify(f.out)

@@ -5,20 +5,23 @@ datasets at their own size) are gathered by index into a batch by a few threads,
 ahead of the step. Cropping, mirroring, colour noise and normalisation happen inside the jitted
 step (`device_preprocessing`), each example's randomness keyed on its position in the stream.
 
-The stream is a function of (seed, step) alone, not of the topology. Global position p is the
-example at index ``permutation(seed, epoch)[p % n]`` of epoch ``p // n``, a fresh global
-shuffle each epoch. Global batch t holds positions ``[t * B, (t + 1) * B)``; process i of P
-reads only its contiguous slice of it, and its local devices split that slice in order. So 2
-processes of 1 device and 1 process of 2 devices see the same batches, and a run resumed at
-any step, on any number of hosts, continues the same stream.
+The stream is a function of (seed, batch_size, step) alone, not of the topology. Global
+position p is the example at index ``permutation(seed, epoch)[p % n]`` of epoch ``p // n``, a
+fresh global shuffle each epoch. Global batch t holds positions ``[t * B, (t + 1) * B)``;
+process i of P reads only its contiguous slice of it, and its local devices split that slice
+in order. So 2 processes of 1 device and 1 process of 2 devices see the same batches, and a run
+resumed at any step, on any number of hosts, continues the same stream.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import itertools
+import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import ml_collections
@@ -28,7 +31,10 @@ from alexnet_jax import image_stats, prepared_files
 from alexnet_jax.data_types import DatasetInfo, HostArrays, Stats
 from alexnet_jax.prepared_files import Header, PreparedError, ShardReader
 
+log = logging.getLogger(__name__)
+
 _EVAL_CHUNK = 256
+_STATS_BATCH = 128  # images per batch of the statistics pass (float64 copies: ~200 MB at 256 px)
 
 
 @functools.lru_cache(maxsize=4)
@@ -59,6 +65,12 @@ def check_fits(header: Header, config: ml_collections.ConfigDict) -> None:
         )
     h, w, _ = header.image_shape
     p = config.crop_padding
+    if header.crop_padding is not None and (header.crop_padding > 0) != (p > 0):
+        kept = 'kept small images at their size' if header.crop_padding else 'resized to squares'
+        raise PreparedError(
+            f'{where} {kept} (prepared with crop_padding = {header.crop_padding}), the config '
+            f'has crop_padding = {p}. Use the config the set was prepared with.'
+        )
     if p == 0 and (h, w) != (config.resize_size, config.resize_size):
         raise PreparedError(
             f'{where} stores {h}x{w} images, the config crops {config.image_size} px from '
@@ -96,7 +108,9 @@ class PositionIndex:
         return out
 
 
-def host_positions(step: int, global_batch: int, process_index: int, process_count: int):
+def host_positions(
+    step: int, global_batch: int, process_index: int, process_count: int
+) -> np.ndarray:
     """The global stream positions process `process_index` reads for `step`."""
     host = global_batch // process_count
     start = step * global_batch + process_index * host
@@ -129,7 +143,17 @@ class _Gather:
         return out
 
 
-def _ahead(make, steps: Iterator[int], depth: int) -> Iterator[dict]:
+@contextlib.contextmanager
+def _opened(header: Header, split: str, config) -> Iterator[tuple[ShardReader, _Gather]]:
+    """`split`'s reader and its gathering threads, closed (threads stopped) on the way out."""
+    gather = _Gather(ShardReader(header, split), threads(config))
+    try:
+        yield gather.reader, gather
+    finally:
+        gather.close()
+
+
+def _ahead(make: Callable[[int], dict], steps: Iterator[int], depth: int) -> Iterator[dict]:
     """``make(step)`` for each step, `depth` of them being made in the background."""
     with ThreadPoolExecutor(1, thread_name_prefix='prepared-batch') as pool:
         pending = []
@@ -142,12 +166,22 @@ def _ahead(make, steps: Iterator[int], depth: int) -> Iterator[dict]:
 
 
 def train_batches(
-    config, header: Header, devices: int, per_device: int, start_step: int, pi: int, pc: int
+    config: ml_collections.ConfigDict,
+    header: Header,
+    devices: int,
+    per_device: int,
+    start_step: int,
+    pi: int,
+    pc: int,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Infinite ``[devices, per_device, ...]`` batches from `start_step`: base images, labels,
     and each example's global stream position (its augmentation key on the device)."""
-    reader = ShardReader(header, 'train')
-    gather = _Gather(reader, threads(config))
+    with _opened(header, 'train', config) as (reader, gather):
+        yield from _train_stream(config, reader, gather, devices, per_device, start_step, pi, pc)
+
+
+def _train_stream(config, reader, gather, devices, per_device, start_step, pi, pc):
+    """The batches of :func:`train_batches`, made a batch or two ahead by `_ahead`."""
     index = PositionIndex(config.seed, reader.num_examples)
     global_batch = devices * per_device * pc
 
@@ -161,38 +195,29 @@ def train_batches(
         }
         return {k: v.reshape((devices, per_device) + v.shape[1:]) for k, v in batch.items()}
 
-    def steps():
-        step = start_step
-        while True:
-            yield step
-            step += 1
-
-    try:
-        yield from _ahead(make, steps(), max(config.prefetch_batches, 1))
-    finally:
-        gather.close()
+    return _ahead(make, itertools.count(start_step), max(config.prefetch_batches, 1))
 
 
-def eval_chunks(config, header: Header, pi: int, pc: int) -> Iterator[dict[str, np.ndarray]]:
+def eval_chunks(
+    config: ml_collections.ConfigDict, header: Header, pi: int, pc: int
+) -> Iterator[dict[str, np.ndarray]]:
     """This host's contiguous share of the evaluation split, each image once, in chunks."""
-    reader = ShardReader(header, 'eval')
-    gather = _Gather(reader, threads(config))
-    n = reader.num_examples
-    lo, hi = n * pi // pc, n * (pi + 1) // pc
+    with _opened(header, 'eval', config) as (reader, gather):
+        n = reader.num_examples
+        lo, hi = n * pi // pc, n * (pi + 1) // pc
 
-    def make(start: int) -> dict[str, np.ndarray]:
-        indices = np.arange(start, min(start + _EVAL_CHUNK, hi))
-        # 'position' marks whole base images: the device crops them (see device_preprocessing).
-        position = indices.astype(np.uint32)
-        return {'image': gather(indices), 'label': reader.labels[indices], 'position': position}
+        def make(start: int) -> dict[str, np.ndarray]:
+            indices = np.arange(start, min(start + _EVAL_CHUNK, hi))
+            # 'position' marks whole base images: the device crops them (device_preprocessing).
+            position = indices.astype(np.uint32)
+            return {'image': gather(indices), 'label': reader.labels[indices], 'position': position}
 
-    try:
+        if lo == hi:  # more hosts than images: an empty chunk, so that it pads masked batches
+            yield make(lo)
         yield from _ahead(make, iter(range(lo, hi, _EVAL_CHUNK)), 2)
-    finally:
-        gather.close()
 
 
-def threads(config) -> int:
+def threads(config: ml_collections.ConfigDict) -> int:
     """Reader threads: ``config.input_threads``, or (0) every core of this process (every core
     of the machine where the process cannot tell, as on macOS)."""
     if config.input_threads:
@@ -250,6 +275,7 @@ class Prepared:
         path = image_stats.cache_path(config, key)
         if os.path.exists(path):
             return image_stats.read_stats(path)
+        log.info('Computing the statistics of %s (cached in %s)', header.root, path)
         stats, count = image_stats.stats_from_batches(
             self._base_batches(header), config.crop_padding, header.dataset
         )
@@ -264,16 +290,12 @@ class Prepared:
         )
 
     def _base_batches(self, header: Header, max_images: int | None = None) -> Iterator[np.ndarray]:
-        reader = ShardReader(header, 'train')
-        gather = _Gather(reader, threads(self.config))
         p = self.config.crop_padding
-        n = min(reader.num_examples, max_images or reader.num_examples)
-        try:
-            for start in range(0, n, 1024):
-                images = gather(np.arange(start, min(start + 1024, n)))
+        with _opened(header, 'train', self.config) as (reader, gather):
+            n = min(reader.num_examples, max_images or reader.num_examples)
+            for start in range(0, n, _STATS_BATCH):
+                images = gather(np.arange(start, min(start + _STATS_BATCH, n)))
                 yield np.pad(images, [(0, 0), (p, p), (p, p), (0, 0)]) if p else images
-        finally:
-            gather.close()
 
     def base_shape(self) -> tuple[int, int, int]:
         h, w, c = self.header().image_shape

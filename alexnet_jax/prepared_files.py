@@ -170,12 +170,19 @@ class Header:
     image_shape: tuple[int, int, int]  # (H, W, C) of every stored image
     classes: list[str]
     splits: dict[str, dict]  # split -> {'count', 'skipped', 'shards': [record, ...]}
+    crop_padding: int | None = None  # the config's when prepared (None: not recorded)
 
     def count(self, split: str) -> int:
         return int(self.splits[split]['count'])
 
     def skipped(self, split: str) -> int:
         return len(self.splits[split]['skipped'])
+
+
+def write_header(root: str, params: dict, classes: list[str], splits: dict) -> None:
+    """Writes ``prepared.json``: the preparation's `params`, the class names, and per split
+    ``{'count', 'skipped': [names], 'shards': [shard records]}``; the set is then complete."""
+    write_json(os.path.join(root, HEADER), {**params, 'classes': classes, 'splits': splits})
 
 
 def read_header(root: str) -> Header:
@@ -205,6 +212,14 @@ def read_header(root: str) -> Header:
         tuple(raw['image_shape']),
         list(raw['classes']),
         raw['splits'],
+        raw.get('crop_padding'),
+    )
+
+
+def rewrite_hint(root: str) -> str:
+    return (
+        f'rerun `python -m alexnet_jax.prepare` with the same --config and --out {root} to '
+        'rewrite it'
     )
 
 
@@ -212,34 +227,53 @@ class ShardReader:
     """Random access to one split's images by index: ``read(indices, out)`` fills ``out``.
 
     Opening checks that every shard file is there at the size its record gives, so a missing
-    or truncated shard fails here, naming the file, never as a short epoch.
+    or truncated shard fails here, naming the file, never as a short epoch. Reading from
+    several threads at once is safe (``pread`` at explicit offsets).
     """
 
     def __init__(self, header: Header, split: str):
         self.header, self.split = header, split
-        shards = header.splits[split]['shards']
         self.shape = header.image_shape
         self.jpeg = header.format == 'jpeg'
+        if self.jpeg:
+            try:
+                import simplejpeg  # noqa: F401
+            except ImportError:
+                raise PreparedError(
+                    f'{header.root} holds JPEG shards, which need simplejpeg: `pip install '
+                    'simplejpeg` (in requirements.txt), or prepare the set with --format raw.'
+                ) from None
+        self._paths: list[str] = []
         self._fds: list[int] = []
         labels, offsets, counts = [], [], []
-        for record in shards:
-            stem = record['stem']
-            images = os.path.join(header.root, stem + '.images')
-            problem = _size_problem(images, record['bytes'])
-            if problem:
-                raise PreparedError(
-                    f'Prepared shard {images} is {problem}: rerun `python -m alexnet_jax.prepare` '
-                    f'with the same --config and --out {header.root} to rewrite it.'
-                )
-            labels.append(_load_array(header.root, stem, 'labels', record['count']))
-            if self.jpeg:
-                offsets.append(_load_array(header.root, stem, 'offsets', record['count'] + 1))
-            counts.append(record['count'])
-            self._fds.append(os.open(images, os.O_RDONLY))
+        try:
+            for record in header.splits[split]['shards']:
+                labels.append(self._check(record))
+                if self.jpeg:
+                    offsets.append(
+                        _load_array(header.root, record['stem'], 'offsets', record['count'] + 1)
+                    )
+                counts.append(record['count'])
+                self._fds.append(os.open(self._paths[-1], os.O_RDONLY))
+        except BaseException:
+            self.close()
+            raise
         self.labels = np.concatenate(labels) if labels else np.zeros(0, np.int32)
         self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.offsets = offsets
         self.num_examples = int(self.starts[-1])
+
+    def _check(self, record: dict) -> np.ndarray:
+        """The shard's labels, after checking its images file is whole; one error if not."""
+        root, stem = self.header.root, record['stem']
+        images = os.path.join(root, stem + '.images')
+        problem = _size_problem(images, record['bytes'])
+        if not problem and not self.jpeg and record['bytes'] != record['count'] * _size(self.shape):
+            problem = f'not {record["count"]} images of {self.shape} as its record says'
+        if problem:
+            raise PreparedError(f'Prepared shard {images} is {problem}: {rewrite_hint(root)}.')
+        self._paths.append(images)
+        return _load_array(root, stem, 'labels', record['count'])
 
     def read(self, indices: Sequence[int] | np.ndarray, out: np.ndarray) -> None:
         """Images ``indices`` into ``out[:len(indices)]`` ([N, H, W, C] uint8, C-contiguous)."""
@@ -249,25 +283,44 @@ class ShardReader:
         if self.jpeg:
             self._read_jpeg(shard, local, out)
             return
-        size = int(np.prod(self.shape))
+        size = _size(self.shape)
         for j, (s, i) in enumerate(zip(shard.tolist(), local.tolist(), strict=True)):
-            view = out[j].reshape(-1)
-            if os.preadv(self._fds[s], [view], i * size) != size:
-                raise PreparedError(f'Short read from shard {s} of {self.header.root}.')
+            view, done = out[j].reshape(-1), 0
+            while done < size:  # network file systems may return fewer bytes than asked
+                got = os.preadv(self._fds[s], [view[done:]], i * size + done)
+                if got <= 0:
+                    self._damaged(s, i, f'{done} of {size} bytes there')
+                done += got
 
     def _read_jpeg(self, shard: np.ndarray, local: np.ndarray, out: np.ndarray) -> None:
         import simplejpeg
 
         colorspace = 'gray' if self.shape[-1] == 1 else 'rgb'
         for j, (s, i) in enumerate(zip(shard.tolist(), local.tolist(), strict=True)):
-            lo, hi = self.offsets[s][i], self.offsets[s][i + 1]
-            data = os.pread(self._fds[s], int(hi - lo), int(lo))
-            simplejpeg.decode_jpeg(data, colorspace=colorspace, buffer=out[j])
+            lo, hi = int(self.offsets[s][i]), int(self.offsets[s][i + 1])
+            data = os.pread(self._fds[s], hi - lo, lo)
+            try:
+                image = simplejpeg.decode_jpeg(data, colorspace=colorspace, buffer=out[j])
+            except ValueError as e:
+                self._damaged(s, i, f'cannot decode: {e}')
+            if len(data) != hi - lo or image.shape != tuple(self.shape):
+                self._damaged(s, i, f'{len(data)} of {hi - lo} bytes, decoded {image.shape}')
+
+    def _damaged(self, shard: int, index: int, why: str):
+        raise PreparedError(
+            f'Image {index} of {self._paths[shard]} is damaged ({why}): check the set with '
+            f'`python -m alexnet_jax.prepare --verify --out {self.header.root}`, then '
+            f'{rewrite_hint(self.header.root)}.'
+        )
 
     def close(self) -> None:
         for fd in self._fds:
             os.close(fd)
         self._fds = []
+
+
+def _size(shape: Sequence[int]) -> int:
+    return int(np.prod(shape))
 
 
 def _size_problem(path: str, expected: int) -> str | None:
@@ -286,12 +339,11 @@ def _load_array(root: str, stem: str, name: str, length: int) -> np.ndarray:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise PreparedError(
-            f'Prepared file {path} cannot be read ({e}): rerun `python -m alexnet_jax.prepare` '
-            f'with the same --config and --out {root} to rewrite it.'
+            f'Prepared file {path} cannot be read ({e}): {rewrite_hint(root)}.'
         ) from None
     if array.shape != (length,):
         raise PreparedError(
             f'Prepared file {path} holds {array.shape} values, its shard record says {length}: '
-            f'rerun `python -m alexnet_jax.prepare` with the same --out {root}.'
+            f'{rewrite_hint(root)}.'
         )
     return array

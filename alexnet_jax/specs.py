@@ -283,6 +283,10 @@ def resolve_data(config: ml_collections.ConfigDict) -> DataSpec:
     for field, size in (('batch_size', config.batch_size), ('eval_batch_size', eval_batch_size)):
         _require(size > 0, f'config.{field}={size} must be positive.')
     _require(
+        config.input_threads >= 0,
+        f'config.input_threads={config.input_threads} must be 0 (every core) or positive.',
+    )
+    _require(
         config.eval_num_examples is None or config.eval_num_examples >= 0,
         f'config.eval_num_examples={config.eval_num_examples} must be None (the whole split), '
         f'0 (no evaluation) or a positive number of images.',

@@ -128,18 +128,16 @@ def write_generated(out: str, count: int, classes: int, per_shard: int = 2000) -
                 writer.add(image.tobytes(), (k * per_shard + i) % classes)
             records.append(writer.finish())
         splits[split] = {'count': n, 'skipped': [], 'shards': records}
-    header = {
+    params = {
         'format_version': prepared_files.FORMAT_VERSION,
         'dataset': 'generated',
-        'dataset_path': None,
         'format': 'raw',
-        'quality': None,
         'image_shape': [256, 256, 3],
+        'crop_padding': 0,
+        'resize_size': 256,
         'examples_per_shard': per_shard,
-        'classes': [f'class_{c}' for c in range(classes)],
-        'splits': splits,
     }
-    prepared_files.write_json(os.path.join(out, prepared_files.HEADER), header)
+    prepared_files.write_header(out, params, [f'class_{c}' for c in range(classes)], splits)
 
 
 def generated_sources(folder: str, data_dir: str) -> tuple[str, dict]:

@@ -33,7 +33,9 @@ def smooth_images(count: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     blocks = rng.integers(0, 256, (count, SIDE // 8, SIDE // 8, 3), dtype=np.uint8)
     images = np.repeat(np.repeat(blocks, 8, 1), 8, 2).astype(np.int16)
-    return np.clip(images + rng.integers(-20, 20, images.shape), 0, 255).astype(np.uint8)
+    return np.clip(images + rng.integers(-20, 20, images.shape, dtype=np.int16), 0, 255).astype(
+        np.uint8
+    )
 
 
 def main() -> None:
