@@ -4,8 +4,8 @@ Written once for every source a dataset object gives (`datasets.get(config).sour
 host does geometry only (decode, resize, crop, flip; Sections 2 and 4.1, `preprocessing.py`)
 and ships uint8 images, 4x less host-to-device traffic than float32; the colour work happens on
 the device (`device_preprocessing.py`). Sources of host arrays (synthetic data, prepared
-sets) are passed through. TensorFlow is kept off the accelerators by `runtime.configure()`, which each
-entry point calls first.
+sets) are passed through. TensorFlow is kept off the accelerators by `runtime.configure()`,
+which each entry point calls first.
 
 Determinism and resume: the training stream is a function of (config, start_step, host). The
 example at stream position p of a host is (epoch p // n, i = p % n). Random-access sources
