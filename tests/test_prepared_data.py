@@ -486,7 +486,8 @@ def test_two_processes_train_on_a_prepared_set_like_one_process_with_two_devices
     ('overrides', 'names'),
     [
         ({'num_classes': 5}, ['10 classes', 'num_classes = 5']),
-        ({'crop_padding': 0}, ['28x28', '256x256']),
+        ({'crop_padding': 0}, ['crop_padding = 2', 'crop_padding = 0']),
+        ({'crop_padding': 0, 'resize_size': 40}, ['crop_padding = 2', 'crop_padding = 0']),
         ({'image_size': 40}, ['28x28', 'image_size = 40']),
     ],
 )
@@ -558,3 +559,63 @@ def test_statistics_of_a_prepared_set_equal_the_tf_data_paths(prepared):
     assert count == their_count == 3000
     for a, b in zip(ours, theirs, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def _tiny_set(root, images: list[bytes], shape, image_format: str, eval_count: int) -> None:
+    """A prepared set written with the format's own writer: `images` as the training split,
+    the first `eval_count` of them as the evaluation split."""
+    splits = {}
+    for split, chosen in (('train', images), ('eval', images[:eval_count])):
+        writer = prepared_files.ShardWriter(str(root), split, 0, image_format)
+        for i, data in enumerate(chosen):
+            writer.add(data, i % 10)
+        splits[split] = {'count': len(chosen), 'skipped': [], 'shards': [writer.finish()]}
+    params = {
+        'format_version': prepared_files.FORMAT_VERSION,
+        'dataset': 'tiny',
+        'format': image_format,
+        'image_shape': list(shape),
+        'crop_padding': 2,
+    }
+    prepared_files.write_header(str(root), params, [str(c) for c in range(10)], splits)
+
+
+def test_a_damaged_jpeg_in_a_shard_fails_naming_the_shard(tmp_path):
+    import simplejpeg
+
+    rng = np.random.default_rng(0)
+    good = [
+        simplejpeg.encode_jpeg(rng.integers(0, 255, (28, 28, 1), np.uint8), colorspace='gray')
+        for _ in range(3)
+    ]
+    bad = good[1][:20] + bytes(len(good[1]) - 20)  # same length, the entropy-coded data zeroed
+    _tiny_set(tmp_path, [good[0], bad, good[2]], (28, 28, 1), 'jpeg', 3)
+    reader = prepared_files.ShardReader(prepared_files.read_header(str(tmp_path)), 'train')
+    out = np.zeros((3, 28, 28, 1), np.uint8)
+    reader.read([0, 2], out)  # the good ones decode: the reference is simplejpeg itself
+    np.testing.assert_array_equal(out[1], simplejpeg.decode_jpeg(good[2], colorspace='gray'))
+    with pytest.raises(PreparedError) as error:
+        reader.read([1], out)
+    assert 'train-00000.images' in str(error.value) and '--verify' in str(error.value)
+    reader.close()
+
+
+def test_a_host_without_eval_images_yields_only_masked_batches(tmp_path, fashion_mnist_data_dir):
+    """Three eval images over four hosts: one host reads none (host i reads [3i//4, 3(i+1)//4));
+    every host yields the same number of batches, and only real images are unmasked."""
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (28, 28, 1), np.uint8) for _ in range(8)]
+    _tiny_set(tmp_path, [im.tobytes() for im in images], (28, 28, 1), 'raw', 3)
+    config = _config(tmp_path, fashion_mnist_data_dir, batch_size=8, eval_batch_size=8)
+    seen = []
+    for host in range(4):
+        batches = list(
+            input_pipeline.create_eval_iter(
+                config, local_device_count=2, process_index=host, process_count=4
+            )
+        )
+        assert len(batches) == 1
+        mask = batches[0]['mask'].reshape(-1)
+        seen += [batches[0]['image'].reshape(-1, 28, 28, 1)[mask]]
+        assert mask.sum() == 3 * (host + 1) // 4 - 3 * host // 4
+    np.testing.assert_array_equal(np.concatenate(seen), np.stack(images[:3]))

@@ -70,6 +70,7 @@ SCRIPTS = {
     'alexnet-jax-evaluate': 'alexnet_jax.evaluate:run',
     'alexnet-jax-predict': 'alexnet_jax.predict:run',
     'alexnet-jax-dataset-stats': 'alexnet_jax.dataset_stats:run',
+    'alexnet-jax-prepare': 'alexnet_jax.prepare:run',
     'alexnet-jax-config-help': 'alexnet_jax.config_help:run',
 }
 
