@@ -13,13 +13,12 @@ def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
 
     # --- Data (alexnet_jax/input_pipeline.py) ---
-    # imagenet2012 | fashion_mnist | cifar10 | imagefolder | synthetic | prepared (written once by
-    # `python -m alexnet_jax.prepare`, read at memory speed; set dataset_path to its folder).
-    c.dataset = 'imagenet2012'
+    # prepared: a set written once by `python -m alexnet_jax.prepare`, read at memory speed.
+    c.dataset = 'imagenet2012'  # or fashion_mnist | cifar10 | imagefolder | synthetic | prepared
     c.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir
     c.manual_dir = ml_collections.config_dict.placeholder(str)  # ImageNet tars
-    # imagefolder root, a prepared set's folder, or local archives.
-    c.dataset_path = ml_collections.config_dict.placeholder(str)
+    # Also the folder of downloaded archives (Fashion-MNIST's IDX files, CIFAR-10's tar).
+    c.dataset_path = ml_collections.config_dict.placeholder(str)  # image folder, prepared set
     c.num_classes = 1000  # classes of the dataset (imagefolder: taken from the class folders)
     c.image_size = 227  # Section 3 / alexnet-spec.md: 227 (not 224) gives 55x55 after conv1.
     c.resize_size = 256  # Section 2: shorter side to 256, central 256x256 patch.

@@ -125,7 +125,7 @@ def test_config_help_parses_every_field_and_its_comment():
     assert {f.name: f.description for f in fields} == _comments_by_regex()
     by_name = {f.name: f for f in fields}
     assert by_name['dataset'].description == (
-        'imagenet2012 | fashion_mnist | cifar10 | imagefolder | synthetic'
+        'or fashion_mnist | cifar10 | imagefolder | synthetic | prepared'
     )
     assert by_name['num_classes'].description.startswith('classes of the dataset')
     assert by_name['batch_size'].section == 'Optimisation (alexnet_jax/optim.py)'
