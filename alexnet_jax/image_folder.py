@@ -341,7 +341,9 @@ class ImageFolder:
         files = image_folder_fingerprint(self.root, 'train')
         digest = hashlib.sha1(f'{files}:{config.skip_corrupt_images}'.encode()).hexdigest()[:16]
         key = f'imagefolder-r{config.resize_size}-p{config.crop_padding}-{digest}'
-        return image_stats.cached_stats(config, key, lambda: self.source(train=True))
+        return image_stats.cached_stats(
+            config, key, lambda: image_stats.compute_stats(self.source(train=True), config)
+        )
 
     def base_shape(self) -> tuple[int, int, int] | None:
         if self.config.crop_padding > 0:

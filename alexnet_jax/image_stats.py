@@ -156,12 +156,13 @@ def cache_path(config, key: str) -> str:
     return os.path.join(tfds_data_dir(config), 'alexnet_jax_stats', key + '.npz')
 
 
-def cached_stats(config, key: str, source: Callable[[], Source]) -> Stats:
-    """Statistics of the training `source()`, computed once and cached as .npz under `key`."""
+def cached_stats(config, key: str, compute: Callable[[], tuple[Stats, int]]) -> Stats:
+    """Training statistics from `compute()` (returning (stats, count)), computed once and
+    cached as .npz under `key`."""
     path = cache_path(config, key)
     if os.path.exists(path):
         return read_stats(path)
     log.info('Computing %s training statistics (cached in %s)', config.dataset, path)
-    stats, count = compute_stats(source(), config)
+    stats, count = compute()
     save_stats(stats, path, num_images=count)
     return stats

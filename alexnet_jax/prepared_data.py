@@ -19,7 +19,6 @@ import contextlib
 import functools
 import hashlib
 import itertools
-import logging
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,8 +29,6 @@ import numpy as np
 from alexnet_jax import image_stats, prepared_files
 from alexnet_jax.data_types import DatasetInfo, HostArrays, Stats
 from alexnet_jax.prepared_files import Header, PreparedError, ShardReader
-
-log = logging.getLogger(__name__)
 
 _EVAL_CHUNK = 256
 _STATS_BATCH = 128  # images per batch of the statistics pass (float64 copies: ~200 MB at 256 px)
@@ -272,15 +269,7 @@ class Prepared:
         crcs = '-'.join(f'{r["crc32"]:08x}' for r in header.splits['train']['shards'])
         digest = hashlib.sha1(crcs.encode()).hexdigest()[:16]
         key = f'prepared-{header.dataset}-p{config.crop_padding}-{digest}'
-        path = image_stats.cache_path(config, key)
-        if os.path.exists(path):
-            return image_stats.read_stats(path)
-        log.info('Computing the statistics of %s (cached in %s)', header.root, path)
-        stats, count = image_stats.stats_from_batches(
-            self._base_batches(header), config.crop_padding, header.dataset
-        )
-        image_stats.save_stats(stats, path, num_images=count)
-        return stats
+        return image_stats.cached_stats(config, key, self.compute_stats)
 
     def compute_stats(self, max_images: int | None = None) -> tuple[Stats, int]:
         """Statistics of the training split's base images (or its first `max_images`), never

@@ -289,7 +289,9 @@ class TfdsDataset:
             log.warning('%s without config.pca_stats: published channel mean and PCA.', self.name)
             return image_stats.imagenet_stats(config.resize_size)
         key = f'{self.name}-r{config.resize_size}-p{config.crop_padding}'
-        return image_stats.cached_stats(config, key, lambda: self.source(train=True))
+        return image_stats.cached_stats(
+            config, key, lambda: image_stats.compute_stats(self.source(train=True), config)
+        )
 
     def base_shape(self) -> tuple[int, int, int] | None:
         if self.config.crop_padding > 0:
