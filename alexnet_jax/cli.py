@@ -6,6 +6,7 @@ the real warnings; `--verbosity=0` (or `-v 0`) on its command line brings the IN
 """
 
 import logging
+import sys
 
 # Python loggers of the libraries the commands use; their children (jax._src.xla_bridge, ...)
 # inherit the level.
@@ -28,6 +29,7 @@ def quiet_libraries() -> None:
     Call it at the start of a command's ``main`` (after absl has parsed the flags). An explicit
     ``--verbosity`` wins. Our own logger (``alexnet_jax``) keeps whatever level it has.
     """
+    _drop_closed_loop_reports()
     if _verbosity_given():
         return
     from absl import logging as absl_logging
@@ -35,3 +37,28 @@ def quiet_libraries() -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _drop_closed_loop_reports() -> None:
+    """Drops orbax's "Event loop is closed" reports after a failed checkpoint write.
+
+    When one write of an async save fails (a full disk), orbax closes its event loop while
+    tensorstore's other writes are still finishing; each one's callback then raises
+    ``RuntimeError('Event loop is closed')`` on a tensorstore thread, which Python prints as an
+    unraisable exception: some thirty tracebacks around the one ``error:`` line that names the
+    failure. Those exceptions say nothing the error does not; every other unraisable exception
+    reaches the hook that was there before.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, 'drops_closed_loop_reports', False):
+        return
+
+    def hook(report) -> None:
+        if isinstance(report.exc_value, RuntimeError) and str(report.exc_value) == (
+            'Event loop is closed'
+        ):
+            return
+        previous(report)
+
+    hook.drops_closed_loop_reports = True
+    sys.unraisablehook = hook

@@ -293,7 +293,7 @@ def test_predict_names_a_missing_path_or_an_empty_folder(trained_run, tmp_path):
     assert proc.stderr.strip().startswith(f'error: {tmp_path} is a folder without image files')
 
 
-def test_quiet_libraries_sets_the_libraries_to_warning_only():
+def test_quiet_libraries_sets_the_libraries_to_warning_only(monkeypatch):
     import logging
 
     from absl import logging as absl_logging
@@ -305,6 +305,7 @@ def test_quiet_libraries_sets_the_libraries_to_warning_only():
     verbosity = absl_logging.get_verbosity()
     ours = logging.getLogger('alexnet_jax')
     ours.setLevel(logging.INFO)
+    monkeypatch.setattr(sys, 'unraisablehook', sys.unraisablehook)  # restored afterwards
     try:
         for name in names:
             logging.getLogger(name.split('.')[0]).setLevel(logging.DEBUG)
@@ -316,3 +317,27 @@ def test_quiet_libraries_sets_the_libraries_to_warning_only():
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
         absl_logging.set_verbosity(verbosity)
+
+
+def test_closed_event_loop_reports_are_dropped_and_others_kept(monkeypatch):
+    from alexnet_jax import cli
+
+    seen = []
+    monkeypatch.setattr(sys, 'unraisablehook', lambda report: seen.append(report.exc_value))
+    cli.quiet_libraries()
+    cli.quiet_libraries()  # a second call does not wrap the hook again
+
+    class RaisesWhenCollected:
+        def __init__(self, error):
+            self.error = error
+
+        def __del__(self):
+            raise self.error
+
+    RaisesWhenCollected(RuntimeError('Event loop is closed'))  # what orbax's threads raise
+    RaisesWhenCollected(RuntimeError('something else'))
+    RaisesWhenCollected(ValueError('Event loop is closed'))
+    assert [(type(e), str(e)) for e in seen] == [
+        (RuntimeError, 'something else'),
+        (ValueError, 'Event loop is closed'),
+    ]
