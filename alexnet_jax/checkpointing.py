@@ -30,7 +30,14 @@ from alexnet_jax import parallel, specs
 
 log = logging.getLogger(__name__)
 
-_ERROR_KEY = 'eval_top1_error'
+# The error that ranks checkpoints ("the best"): the validation split's where the run holds
+# one out, else the evaluation split's (runs without one, and checkpoints written before).
+_ERROR_KEYS = ('val_top1_error', 'eval_top1_error')
+
+
+def selection_error(metrics: dict) -> float:
+    """The error the best checkpoint and the plateau rule go by (see `_ERROR_KEYS`)."""
+    return next(metrics[key] for key in _ERROR_KEYS if key in metrics)
 
 
 class CheckpointMismatchError(ValueError):
@@ -69,7 +76,7 @@ class Checkpointer:
             [
                 ocp.checkpoint_managers.LatestN(n=config.keep_checkpoints),
                 ocp.checkpoint_managers.BestN(
-                    get_metric_fn=lambda m: m[_ERROR_KEY],
+                    get_metric_fn=selection_error,
                     reverse=True,  # lower error is better: keep the smallest
                     n=1,
                     keep_checkpoints_without_metrics=False,
@@ -82,7 +89,7 @@ class Checkpointer:
                 preservation_policy=policy,
                 # Also needed for orbax to write the metrics into the checkpoint, so that "the
                 # best" survives a restart (`evaluate --best`, the ranking for retention).
-                best_fn=lambda m: m[_ERROR_KEY],
+                best_fn=selection_error,
                 best_mode='min',
                 enable_async_checkpointing=True,
                 create=not read_only,  # (orbax's own read_only mode warns on every use)
@@ -117,7 +124,10 @@ class Checkpointer:
             self.manager.delete(step)
             self._unreadable.discard(step)
         host_state = serialization.to_state_dict(parallel.to_host(state))
-        metrics = {_ERROR_KEY: eval_result[_ERROR_KEY]} if eval_result else None
+        metrics = None
+        if eval_result:
+            key = next(k for k in _ERROR_KEYS if k in eval_result)
+            metrics = {key: eval_result[key]}
         with self._write_errors(step):
             self.manager.save(
                 step,

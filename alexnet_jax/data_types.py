@@ -22,15 +22,68 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 
+# The splits a dataset object serves. 'train' is what the run trains on: the dataset's training
+# split less the held-out 'validation' images (config.validation_examples), which choose the
+# learning rate and drive the plateau rule. 'train_clean' is a fixed subset of 'train'
+# (config.train_clean_examples) evaluated like the others: eval mode, no augmentation. 'test' is
+# the dataset's own evaluation split (ImageNet's validation set), evaluated once, at the end,
+# when there is a validation split.
+SPLITS = ('train', 'validation', 'train_clean', 'test')
+# What each evaluated split's metrics are called: val_top1_error, train_clean_top1_error and
+# eval_top1_error (the test split keeps the name runs have always written).
+METRIC_PREFIX = {'validation': 'val', 'train_clean': 'train_clean', 'test': 'eval'}
+# The held-out images are a fixed function of the dataset, not of config.seed: every seed and
+# every host hold out the same ones.
+VALIDATION_SEED = 0x0A1E
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-    num_train: int
-    num_eval: int
+    num_train: int  # the 'train' split: the training images less the validation ones
+    num_eval: int  # the 'test' split
     num_classes: int
     image_shape: tuple[int, int, int]  # (H, W, C) of the model input
     class_names: list[str]
     num_skipped: int = 0  # corrupt images skipped (imagefolder with skip_corrupt_images)
     image_hw: tuple[int, int] | None = None  # the stored images' (H, W), when all have one size
+    num_validation: int = 0
+    num_train_clean: int = 0
+
+    def count(self, split: str) -> int:
+        """The number of images in ``split`` (one of `SPLITS`)."""
+        check_split(split)
+        return {
+            'train': self.num_train,
+            'validation': self.num_validation,
+            'train_clean': self.num_train_clean,
+            'test': self.num_eval,
+        }[split]
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f'Unknown split {split!r}: one of {", ".join(SPLITS)}.')
+
+
+def split_sizes(config: Any, full_train: int) -> tuple[int, int, int]:
+    """(train, validation, train_clean) sizes of a training split of ``full_train`` images."""
+    held_out = config.validation_examples
+    if held_out >= full_train:
+        raise ValueError(
+            f'config.validation_examples = {held_out} leaves no training images: the training '
+            f'split has {full_train}. Set it below that (0 evaluates on the test split instead).'
+        )
+    train = full_train - held_out
+    return train, held_out, min(config.train_clean_examples, train)
+
+
+def carve_validation(n: int, held_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training, validation) indices into a split of ``n`` examples stored in any order (an
+    image folder is sorted by class): ``held_out`` of them drawn at random with the fixed
+    `VALIDATION_SEED`, both index lists in ascending order."""
+    chosen = np.zeros(n, bool)
+    chosen[np.random.default_rng(VALIDATION_SEED).permutation(n)[:held_out]] = True
+    return np.flatnonzero(~chosen), np.flatnonzero(chosen)
 
 
 class Stats(NamedTuple):
@@ -97,9 +150,10 @@ class Dataset(Protocol):
         ...
 
     def source(
-        self, *, train: bool, process_index: int = 0, process_count: int = 1
+        self, split: str, *, process_index: int = 0, process_count: int = 1
     ) -> Source | HostArrays:
-        """This host's share of the training (equal shares) or evaluation split (each once)."""
+        """This host's share of ``split`` (`SPLITS`): equal shares of 'train', and every image
+        of the other splits once over all hosts."""
         ...
 
     def stats(self) -> Stats:

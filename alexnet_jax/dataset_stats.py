@@ -50,7 +50,7 @@ def compute_stats(
         return dataset.compute_stats(max_images)
     if config.dataset == 'synthetic':  # exact statistics, nothing to compute
         return dataset.stats(), dataset.info().num_train
-    return image_stats.compute_stats(dataset.source(train=True), config, max_images)
+    return image_stats.compute_stats(dataset.source('train'), config, max_images)
 
 
 def main(argv: list[str]) -> None:

@@ -2,7 +2,7 @@
 
     dataset = datasets.get(config)
     dataset.info()                      # sizes, classes, input shape, stored image size
-    dataset.source(train=True, process_index=i, process_count=n)   # this host's examples
+    dataset.source('train', process_index=i, process_count=n)   # this host's examples
     dataset.stats()                     # training-set statistics (published, exact or cached)
 
 The objects (see `data_types.Dataset`) are `tfds_data.TfdsDataset` (imagenet2012,
@@ -21,6 +21,7 @@ import ml_collections
 from alexnet_jax.data_types import Dataset, DatasetInfo
 
 DATASETS = ('imagenet2012', 'fashion_mnist', 'cifar10', 'imagefolder', 'synthetic', 'prepared')
+TFDS_DATASETS = ('imagenet2012', 'fashion_mnist', 'cifar10')  # read through tfds_data
 
 
 def check_dataset_name(name: str) -> None:

@@ -1,8 +1,11 @@
-"""Evaluation over the validation split: loss and top-1/top-5 error, each image counted once.
+"""Evaluation over a split: loss and top-1/top-5 error, each image counted once.
 
-Used by the training driver (periodic centre-crop evaluations, the final one with
-``config.eval_crops``) and by the ``evaluate`` command. The per-batch arithmetic is
-``steps.eval_step``; this module sums it over the split.
+Used by the training driver (periodic centre-crop evaluations of the validation split, or of the
+test split in a run that holds none out, and of the clean training subset; the final one of the
+test split with ``config.eval_crops``) and by the ``evaluate`` command. The per-batch arithmetic
+is ``steps.eval_step``; this module sums it over the split. The result's keys carry the split's
+prefix (`data_types.METRIC_PREFIX`): ``val_top1_error``, ``train_clean_top1_error``,
+``eval_top1_error`` (the test split).
 """
 
 import itertools
@@ -14,6 +17,7 @@ import jax
 import ml_collections
 
 from alexnet_jax import input_pipeline, parallel, steps
+from alexnet_jax.data_types import METRIC_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +30,8 @@ def _batch_limit(config: ml_collections.ConfigDict) -> int | None:
     return -(-config.eval_num_examples // global_batch)
 
 
-def _batches(config: ml_collections.ConfigDict, data_devices: int) -> Iterator[dict]:
-    batches = input_pipeline.create_eval_iter(config, local_device_count=data_devices)
+def _batches(config: ml_collections.ConfigDict, data_devices: int, split: str) -> Iterator[dict]:
+    batches = input_pipeline.create_eval_iter(config, local_device_count=data_devices, split=split)
     limit = _batch_limit(config)
     return batches if limit is None else itertools.islice(batches, limit)
 
@@ -37,16 +41,18 @@ def evaluate(
     state: steps.TrainState,
     config: ml_collections.ConfigDict,
     *,
+    split: str = 'test',
     stop: Callable[[], bool] = lambda: False,
     progress: Callable[[int], None] = lambda done: None,
 ) -> dict | None:
-    """Loss and top-1/top-5 error over the evaluation split, each image counted once.
+    """Loss and top-1/top-5 error over ``split`` (the test split by default), each image
+    counted once; the keys carry the split's prefix.
 
     ``config.eval_num_examples`` limits it to the split's first images (whole batches). Returns
     None when ``stop()`` turns true between batches (a signal asked the run to stop).
     """
     totals: dict[str, float] = {}
-    batches = _batches(config, placement.data_devices)
+    batches = _batches(config, placement.data_devices, split)
     for batch in parallel.prefetch(batches, 1, placement.place_batch):
         if stop():
             return None
@@ -55,14 +61,15 @@ def evaluate(
         progress(int(totals['count']) * jax.process_count())
     count = totals.pop('count', 0.0)
     if count == 0:
-        raise RuntimeError('The evaluation split yielded no examples.')
+        raise RuntimeError(f'The {split} split yielded no examples.')
+    name = METRIC_PREFIX[split]
     result = {
-        'eval_loss': totals['loss'] / count,
-        'eval_top1_error': totals['top1_errors'] / count,
-        'eval_count': int(count),
+        f'{name}_loss': totals['loss'] / count,
+        f'{name}_top1_error': totals['top1_errors'] / count,
+        f'{name}_count': int(count),
     }
     if 'top5_errors' in totals:
-        result['eval_top5_error'] = totals['top5_errors'] / count
+        result[f'{name}_top5_error'] = totals['top5_errors'] / count
     return result
 
 
@@ -82,12 +89,17 @@ def center_crop(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def log_result(step: int, result: dict[str, Any]) -> None:
-    top5 = f', top-5 error {result["eval_top5_error"]:.4f}' if 'eval_top5_error' in result else ''
-    log.info(
-        'eval at step %d (%d images): top-1 error %.4f%s, loss %.4f',
-        step,
-        result['eval_count'],
-        result['eval_top1_error'],
-        top5,
-        result['eval_loss'],
-    )
+    """One line per split evaluated in ``result``."""
+    for split, name in METRIC_PREFIX.items():
+        if f'{name}_count' not in result:
+            continue
+        top5 = result.get(f'{name}_top5_error')
+        log.info(
+            'eval at step %d, %s (%d images): top-1 error %.4f%s, loss %.4f',
+            step,
+            split,
+            result[f'{name}_count'],
+            result[f'{name}_top1_error'],
+            '' if top5 is None else f', top-5 error {top5:.4f}',
+            result[f'{name}_loss'],
+        )

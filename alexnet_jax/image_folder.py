@@ -18,10 +18,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections
+import numpy as np
 import tensorflow as tf
 
 from alexnet_jax import image_stats
-from alexnet_jax.data_types import DatasetInfo, Source, Stats
+from alexnet_jax.data_types import (
+    DatasetInfo,
+    Source,
+    Stats,
+    carve_validation,
+    check_split,
+    split_sizes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -277,32 +285,49 @@ class ImageFolder:
                 f'{self.config.num_classes}. Set config.num_classes = {len(names)}.'
             )
         size = self.config.image_size
+        n_train, held_out, clean = split_sizes(self.config, len(train.paths))
         return DatasetInfo(
-            len(train.paths),
+            n_train,
             n_eval,
             len(names),
             (size, size, 3),
             names,
             train.num_skipped,
             image_hw,
+            held_out,
+            clean,
         )
 
-    def source(self, *, train: bool, process_index: int = 0, process_count: int = 1) -> Source:
-        split = 'train' if train else self.eval_split()
-        if split is None:
+    def _indices(self, split: str, n: int) -> np.ndarray:
+        """Indices into the scanned files of ``split``'s folder: the validation images are a
+        fixed random subset of train/ (the folder is sorted by class), 'train' the rest and
+        'train_clean' the first of those."""
+        if split == 'test':
+            return np.arange(n)
+        _, held_out, clean = split_sizes(self.config, n)
+        training, validation = carve_validation(n, held_out)
+        return {'train': training, 'validation': validation, 'train_clean': training[:clean]}[split]
+
+    def source(self, split: str, *, process_index: int = 0, process_count: int = 1) -> Source:
+        check_split(split)
+        folder = 'train' if split != 'test' else self.eval_split()
+        if folder is None:
             raise ValueError(
                 f'imagefolder: no val/, validation/ or test/ folder in {self.root} to evaluate on.'
             )
-        scan = scan_image_folder(self.root, split, self.skip)
-        n = len(scan.paths)
-        if train:  # equal, disjoint shards (the tail that does not divide is dropped)
+        scan = scan_image_folder(self.root, folder, self.skip)
+        indices = self._indices(split, len(scan.paths))
+        n = len(indices)
+        if split == 'train':  # equal, disjoint shards (the tail that does not divide is dropped)
             per = n // process_count
             lo, hi = process_index * per, (process_index + 1) * per
         else:  # every example exactly once over all hosts
             lo = n * process_index // process_count
             hi = n * (process_index + 1) // process_count
-        paths_t = tf.constant(scan.paths[lo:hi])
-        labels_t = tf.constant(scan.labels[lo:hi], tf.int32)
+        mine = indices[lo:hi]
+        paths = tuple(scan.paths[i] for i in mine)
+        paths_t = tf.constant(paths, tf.string)
+        labels_t = tf.constant(np.asarray(scan.labels)[mine].astype(np.int32), tf.int32)
 
         def lookup(i):
             return {
@@ -316,7 +341,7 @@ class ImageFolder:
             3,
             lookup=lookup,
             num_skipped=scan.num_skipped,
-            names=scan.paths[lo:hi],
+            names=paths,
             skipped_names=scan.skipped,
             jpeg=scan.jpeg,
             image_hw=image_folder_size(self.root, self.skip),
@@ -333,7 +358,9 @@ class ImageFolder:
                 if split:
                     paths += scan_image_folder(self.root, split, True).paths
         else:
-            paths = scan_image_folder(self.root, 'train', self.skip).paths[candidates]
+            scan = scan_image_folder(self.root, 'train', self.skip)
+            training = self._indices('train', len(scan.paths))[candidates]
+            paths = tuple(scan.paths[i] for i in training)
         return corrupt_image_error(self.root, error, paths)
 
     def stats(self) -> Stats:
@@ -341,8 +368,10 @@ class ImageFolder:
         files = image_folder_fingerprint(self.root, 'train')
         digest = hashlib.sha1(f'{files}:{config.skip_corrupt_images}'.encode()).hexdigest()[:16]
         key = f'imagefolder-r{config.resize_size}-p{config.crop_padding}-{digest}'
+        if config.validation_examples:  # over the images it trains on
+            key += f'-v{config.validation_examples}'
         return image_stats.cached_stats(
-            config, key, lambda: image_stats.compute_stats(self.source(train=True), config)
+            config, key, lambda: image_stats.compute_stats(self.source('train'), config)
         )
 
     def base_shape(self) -> tuple[int, int, int] | None:

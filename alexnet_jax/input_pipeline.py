@@ -144,7 +144,7 @@ def create_train_iter(
     pi, pc = _processes(process_index, process_count)
     per_device = per_device_batch(config.batch_size, local_device_count, pc)
     host_batch = per_device * local_device_count
-    source = datasets.get(config).source(train=True, process_index=pi, process_count=pc)
+    source = datasets.get(config).source('train', process_index=pi, process_count=pc)
     if isinstance(source, HostArrays):
         return source.train_batches(local_device_count, per_device, start_step)
     ds = _train_dataset(config, source, host_batch, start_step * host_batch, pi)
@@ -155,10 +155,12 @@ def create_eval_iter(
     config: ml_collections.ConfigDict,
     *,
     local_device_count: int,
+    split: str = 'test',
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """One pass over the eval split; every example exactly once over all hosts.
+    """One pass over an evaluated split (`data_types.SPLITS`: the test split by default);
+    every example exactly once over all hosts.
 
     Every host yields the same number of batches (pmap needs it); padding examples have
     mask False. Images are [D, B, S, S, C] (centre crop) or [D, B, 10, S, S, C] (ten crops,
@@ -170,8 +172,8 @@ def create_eval_iter(
     )
     host_batch = per_device * local_device_count
     dataset = datasets.get(config)
-    n_total = dataset.info().num_eval
-    source = dataset.source(train=False, process_index=pi, process_count=pc)
+    n_total = dataset.info().count(split)
+    source = dataset.source(split, process_index=pi, process_count=pc)
     if isinstance(source, HostArrays):
         examples = source.eval_chunks()
     else:

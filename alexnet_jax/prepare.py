@@ -126,10 +126,12 @@ def _check_out(out: str, params: dict) -> None:
 
 
 def _source_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The config the source is read with: corrupt images are skipped (and named), never fatal."""
+    """The config the source is read with: corrupt images are skipped (and named), never fatal,
+    and the whole training split is written (the run holds its validation images out)."""
     config = datasets.complete_config(config)
     with config.unlocked():
         config.skip_corrupt_images = True
+        config.validation_examples = 0
     return config
 
 
@@ -284,9 +286,9 @@ def prepare(
     config = _source_config(config)
     dataset = datasets.get(config)
     info = dataset.info()
-    sources = {'train': dataset.source(train=True)}
+    sources = {'train': dataset.source('train')}
     try:
-        sources['eval'] = dataset.source(train=False)
+        sources['eval'] = dataset.source('test')
     except ValueError as e:  # an image folder without val/: a training set only
         log.warning('No evaluation split prepared: %s', e)
     shape = _stored_shape(config, sources['train'])

@@ -26,8 +26,15 @@ from concurrent.futures import ThreadPoolExecutor
 import ml_collections
 import numpy as np
 
-from alexnet_jax import image_stats, prepared_files
-from alexnet_jax.data_types import DatasetInfo, HostArrays, Stats
+from alexnet_jax import datasets, image_stats, prepared_files
+from alexnet_jax.data_types import (
+    DatasetInfo,
+    HostArrays,
+    Stats,
+    carve_validation,
+    check_split,
+    split_sizes,
+)
 from alexnet_jax.prepared_files import Header, PreparedError, ShardReader
 
 _EVAL_CHUNK = 256
@@ -162,6 +169,25 @@ def _ahead(make: Callable[[int], dict], steps: Iterator[int], depth: int) -> Ite
             yield f.result()
 
 
+def split_indices(header: Header, config: ml_collections.ConfigDict, split: str) -> np.ndarray:
+    """Indices into the stored split that ``split`` reads (`data_types.SPLITS`).
+
+    The validation images are held out of the stored training split as the source dataset
+    holds them out: the last ones of a tfds dataset (the same images as training from tfds),
+    a fixed random subset of an image folder's.
+    """
+    check_split(split)
+    if split == 'test':
+        return np.arange(header.count('eval'))
+    n = header.count('train')
+    train, held_out, clean = split_sizes(config, n)
+    if header.dataset in datasets.TFDS_DATASETS:
+        training, validation = np.arange(train), np.arange(train, n)
+    else:
+        training, validation = carve_validation(n, held_out)
+    return {'train': training, 'validation': validation, 'train_clean': training[:clean]}[split]
+
+
 def train_batches(
     config: ml_collections.ConfigDict,
     header: Header,
@@ -173,18 +199,22 @@ def train_batches(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Infinite ``[devices, per_device, ...]`` batches from `start_step`: base images, labels,
     and each example's global stream position (its augmentation key on the device)."""
+    training = split_indices(header, config, 'train')
     with _opened(header, 'train', config) as (reader, gather):
-        yield from _train_stream(config, reader, gather, devices, per_device, start_step, pi, pc)
+        yield from _train_stream(
+            config, reader, gather, training, (devices, per_device, pc), start_step, pi
+        )
 
 
-def _train_stream(config, reader, gather, devices, per_device, start_step, pi, pc):
+def _train_stream(config, reader, gather, training, shape, start_step, pi):
     """The batches of :func:`train_batches`, made a batch or two ahead by `_ahead`."""
-    index = PositionIndex(config.seed, reader.num_examples)
+    devices, per_device, pc = shape
+    index = PositionIndex(config.seed, len(training))
     global_batch = devices * per_device * pc
 
     def make(step: int) -> dict[str, np.ndarray]:
         positions = host_positions(step, global_batch, pi, pc)
-        indices = index(positions)
+        indices = training[index(positions)]
         batch = {
             'image': gather(indices),
             'label': reader.labels[indices],
@@ -196,15 +226,16 @@ def _train_stream(config, reader, gather, devices, per_device, start_step, pi, p
 
 
 def eval_chunks(
-    config: ml_collections.ConfigDict, header: Header, pi: int, pc: int
+    config: ml_collections.ConfigDict, header: Header, pi: int, pc: int, split: str = 'test'
 ) -> Iterator[dict[str, np.ndarray]]:
-    """This host's contiguous share of the evaluation split, each image once, in chunks."""
-    with _opened(header, 'eval', config) as (reader, gather):
-        n = reader.num_examples
+    """This host's contiguous share of an evaluated split, each image once, in chunks."""
+    chosen = split_indices(header, config, split)
+    with _opened(header, 'eval' if split == 'test' else 'train', config) as (reader, gather):
+        n = len(chosen)
         lo, hi = n * pi // pc, n * (pi + 1) // pc
 
         def make(start: int) -> dict[str, np.ndarray]:
-            indices = np.arange(start, min(start + _EVAL_CHUNK, hi))
+            indices = chosen[start : min(start + _EVAL_CHUNK, hi)]
             # 'position' marks whole base images: the device crops them (device_preprocessing).
             position = indices.astype(np.uint32)
             return {'image': gather(indices), 'label': reader.labels[indices], 'position': position}
@@ -239,27 +270,29 @@ class Prepared:
         header = self.header()
         size = self.config.image_size
         channels = header.image_shape[-1]
+        train, held_out, clean = split_sizes(self.config, header.count('train'))
         return DatasetInfo(
-            header.count('train'),
+            train,
             header.count('eval') if 'eval' in header.splits else 0,
             len(header.classes),
             (size, size, channels),
             header.classes,
             header.skipped('train'),
             tuple(header.image_shape[:2]),
+            held_out,
+            clean,
         )
 
-    def source(self, *, train: bool, process_index: int = 0, process_count: int = 1) -> HostArrays:
+    def source(self, split: str, *, process_index: int = 0, process_count: int = 1) -> HostArrays:
         header, c, pi, pc = self.header(), self.config, process_index, process_count
-        split = 'train' if train else 'eval'
-        if split not in header.splits:
+        if split == 'test' and 'eval' not in header.splits:
             raise PreparedError(f'The prepared set {header.root} has no evaluation split.')
         return HostArrays(
-            header.count(split),
+            len(split_indices(header, c, split)),
             lambda devices, per_device, start: train_batches(
                 c, header, devices, per_device, start, pi, pc
             ),
-            lambda: eval_chunks(c, header, pi, pc),
+            lambda: eval_chunks(c, header, pi, pc, split),
         )
 
     def stats(self) -> Stats:
@@ -269,6 +302,8 @@ class Prepared:
         crcs = '-'.join(f'{r["crc32"]:08x}' for r in header.splits['train']['shards'])
         digest = hashlib.sha1(crcs.encode()).hexdigest()[:16]
         key = f'prepared-{header.dataset}-p{config.crop_padding}-{digest}'
+        if config.validation_examples:  # over the images it trains on
+            key += f'-v{config.validation_examples}'
         return image_stats.cached_stats(config, key, self.compute_stats)
 
     def compute_stats(self, max_images: int | None = None) -> tuple[Stats, int]:
@@ -280,10 +315,11 @@ class Prepared:
 
     def _base_batches(self, header: Header, max_images: int | None = None) -> Iterator[np.ndarray]:
         p = self.config.crop_padding
-        with _opened(header, 'train', self.config) as (reader, gather):
-            n = min(reader.num_examples, max_images or reader.num_examples)
+        training = split_indices(header, self.config, 'train')
+        with _opened(header, 'train', self.config) as (_, gather):
+            n = min(len(training), max_images or len(training))
             for start in range(0, n, _STATS_BATCH):
-                images = gather(np.arange(start, min(start + _STATS_BATCH, n)))
+                images = gather(training[start : min(start + _STATS_BATCH, n)])
                 yield np.pad(images, [(0, 0), (p, p), (p, p), (0, 0)]) if p else images
 
     def base_shape(self) -> tuple[int, int, int]:

@@ -286,6 +286,10 @@ def resolve_data(config: ml_collections.ConfigDict) -> DataSpec:
         config.input_threads >= 0,
         f'config.input_threads={config.input_threads} must be 0 (every core) or positive.',
     )
+    for field in ('validation_examples', 'train_clean_examples'):
+        _require(
+            config[field] >= 0, f'config.{field}={config[field]} must be 0 (none) or positive.'
+        )
     _require(
         config.eval_num_examples is None or config.eval_num_examples >= 0,
         f'config.eval_num_examples={config.eval_num_examples} must be None (the whole split), '

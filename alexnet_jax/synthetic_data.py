@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import ml_collections
 import numpy as np
 
-from alexnet_jax.data_types import DatasetInfo, HostArrays, Stats
+from alexnet_jax.data_types import SPLITS, DatasetInfo, HostArrays, Stats
 
 _POOL = 4  # distinct host batches, cycled
 
@@ -42,11 +42,15 @@ def synthetic_train(
         step += 1
 
 
-def synthetic_eval_examples(config, pi: int, pc: int) -> Iterator[dict[str, np.ndarray]]:
-    """This host's share of `synthetic_num_eval` examples, in small chunks."""
-    n, chunk = config.synthetic_num_eval, 256 if config.eval_crops == 1 else 32
+def synthetic_eval_examples(
+    config, pi: int, pc: int, n: int | None = None, stream: int = 1
+) -> Iterator[dict[str, np.ndarray]]:
+    """This host's share of ``n`` (default `synthetic_num_eval`) examples, in small chunks;
+    ``stream`` tells the evaluated splits' images apart."""
+    n = config.synthetic_num_eval if n is None else n
+    chunk = 256 if config.eval_crops == 1 else 32
     lo, hi = n * pi // pc, n * (pi + 1) // pc
-    rng = np.random.default_rng([config.seed, pi, 1])
+    rng = np.random.default_rng([config.seed, pi, stream])
     pool = _batch(config, rng, min(chunk, max(hi - lo, 1)))
     for start in range(lo, hi, chunk):
         take = min(chunk, hi - start)
@@ -59,7 +63,11 @@ def synthetic_eval_examples(config, pi: int, pc: int) -> Iterator[dict[str, np.n
 
 
 class Synthetic:
-    """`synthetic_num_train` / `synthetic_num_eval` random images of the model's input size."""
+    """`synthetic_num_train` / `synthetic_num_eval` random images of the model's input size.
+
+    Nothing is held out of the endless training stream: the validation and clean-training
+    splits are images of their own, at most `synthetic_num_eval` of each.
+    """
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
@@ -69,15 +77,25 @@ class Synthetic:
         s = c.image_size
         names = [f'class_{i}' for i in range(c.num_classes)]
         return DatasetInfo(
-            c.synthetic_num_train, c.synthetic_num_eval, len(names), (s, s, 3), names, 0, (s, s)
+            c.synthetic_num_train,
+            c.synthetic_num_eval,
+            len(names),
+            (s, s, 3),
+            names,
+            0,
+            (s, s),
+            min(c.validation_examples, c.synthetic_num_eval),
+            min(c.train_clean_examples, c.synthetic_num_eval),
         )
 
-    def source(self, *, train: bool, process_index: int = 0, process_count: int = 1) -> HostArrays:
+    def source(self, split: str, *, process_index: int = 0, process_count: int = 1) -> HostArrays:
         c, pi, pc = self.config, process_index, process_count
+        n = self.info().count(split)
+        stream = 1 + SPLITS.index(split)
         return HostArrays(
-            c.synthetic_num_train if train else c.synthetic_num_eval,
+            n,
             lambda devices, per_device, start: synthetic_train(c, devices, per_device, start, pi),
-            lambda: synthetic_eval_examples(c, pi, pc),
+            lambda: synthetic_eval_examples(c, pi, pc, n, 1 if split == 'test' else stream),
         )
 
     def stats(self) -> Stats:

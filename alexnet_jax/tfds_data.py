@@ -28,7 +28,14 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from alexnet_jax import image_stats
-from alexnet_jax.data_types import DatasetInfo, Source, Stats, tfds_data_dir
+from alexnet_jax.data_types import (
+    DatasetInfo,
+    Source,
+    Stats,
+    check_split,
+    split_sizes,
+    tfds_data_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +243,23 @@ class TfdsDataset:
         """The prepared tfds builder (prepared now if it is not yet)."""
         return self.kind.prepared_builder(self.config, tfds_data_dir(self.config))
 
+    def _sizes(self, builder: tfds.core.DatasetBuilder) -> tuple[int, int, int]:
+        return split_sizes(self.config, int(builder.info.splits['train'].num_examples))
+
+    def split_name(self, split: str, builder: tfds.core.DatasetBuilder) -> str:
+        """The tfds split string of ``split``. The validation images are the training split's
+        last ones: tfds shuffled the examples when it wrote them, so they are a random subset
+        of the classes' images, the same on every host and for every seed."""
+        check_split(split)
+        if split == 'test':
+            return self.kind.eval_split
+        train, held_out, clean = self._sizes(builder)
+        if split == 'validation':
+            return f'train[{train}:]'
+        if split == 'train_clean':
+            return f'train[:{clean}]'
+        return f'train[:{train}]' if held_out else 'train'
+
     def info(self) -> DatasetInfo:
         builder = self.builder()
         names = list(builder.info.features['label'].names)
@@ -246,20 +270,23 @@ class TfdsDataset:
             )
         shape = builder.info.features['image'].shape
         size = self.config.image_size
+        train, held_out, clean = self._sizes(builder)
         return DatasetInfo(
-            int(builder.info.splits['train'].num_examples),
+            train,
             int(builder.info.splits[self.kind.eval_split].num_examples),
             len(names),
             (size, size, int(shape[-1])),
             names,
             0,
             tuple(shape[:2]) if None not in shape[:2] else None,
+            held_out,
+            clean,
         )
 
-    def source(self, *, train: bool, process_index: int = 0, process_count: int = 1) -> Source:
+    def source(self, split: str, *, process_index: int = 0, process_count: int = 1) -> Source:
         builder = self.builder()
-        split = 'train' if train else self.kind.eval_split
-        sub = host_split(split, process_index, process_count, train=train)
+        train = split == 'train'
+        sub = host_split(self.split_name(split, builder), process_index, process_count, train=train)
         feature = builder.info.features['image']
         channels = int(feature.shape[-1])
         hw = tuple(feature.shape[:2]) if None not in feature.shape[:2] else None
@@ -288,9 +315,12 @@ class TfdsDataset:
         if self.kind.published_stats:
             log.warning('%s without config.pca_stats: published channel mean and PCA.', self.name)
             return image_stats.imagenet_stats(config.resize_size)
+        # Over the images it trains on: the held-out ones are not looked at.
         key = f'{self.name}-r{config.resize_size}-p{config.crop_padding}'
+        if config.validation_examples:
+            key += f'-v{config.validation_examples}'
         return image_stats.cached_stats(
-            config, key, lambda: image_stats.compute_stats(self.source(train=True), config)
+            config, key, lambda: image_stats.compute_stats(self.source('train'), config)
         )
 
     def base_shape(self) -> tuple[int, int, int] | None:

@@ -35,6 +35,7 @@ from alexnet_jax import (
     workdir_lock,
 )
 from alexnet_jax.config_checks import validate_config
+from alexnet_jax.data_types import DatasetInfo
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ class _Run(NamedTuple):
     progress: metrics.Progress
     preemption: preemption.PreemptionWatcher
     lock: workdir_lock.WorkdirLock | None
-    num_eval: int
+    info: DatasetInfo
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -112,7 +113,7 @@ def _train_and_evaluate(
     )
     progress = metrics.Progress(config, start, total, steps_per_epoch, writer)
     watcher = preemption.PreemptionWatcher()
-    run = _Run(config, total, placement, ckpt, writer, progress, watcher, lock, info.num_eval)
+    run = _Run(config, total, placement, ckpt, writer, progress, watcher, lock, info)
     try:
         return _loop(run, state, start)
     finally:
@@ -177,13 +178,30 @@ def _train(
     return state, step
 
 
-def _evaluates(run: _Run) -> bool:
-    return run.config.eval_num_examples != 0 and run.num_eval > 0
+def _splits(run: _Run, *names: str) -> list[str]:
+    """Those of the evaluated splits ``names`` that have images (none: no evaluation at all)."""
+    if run.config.eval_num_examples == 0:
+        return []
+    return [split for split in names if run.info.count(split) > 0]
+
+
+def _periodic_splits(run: _Run) -> list[str]:
+    """What the evaluations during training read: the validation split (the test split in a run
+    that holds none out), which the plateau rule and the best checkpoint go by, and the clean
+    training subset."""
+    return _splits(run, 'validation' if run.info.num_validation else 'test', 'train_clean')
+
+
+def _final_splits(run: _Run) -> list[str]:
+    """The last evaluation: the test split (read once, here, in a run with a validation split),
+    then the validation split and the clean training subset."""
+    return _splits(run, 'test', 'validation', 'train_clean')
 
 
 def _evaluation_due(run: _Run, step: int) -> bool:
     """Periodic evaluations (centre crop) between the first step and the last."""
-    return _evaluates(run) and 0 < step < run.total and step % run.config.eval_every_steps == 0
+    due = 0 < step < run.total and step % run.config.eval_every_steps == 0
+    return due and bool(_periodic_splits(run))
 
 
 def _redo_interrupted_evaluation(run: _Run, state: steps.TrainState, start: int):
@@ -203,10 +221,11 @@ def _maybe_evaluate(
     if not _evaluation_due(run, step):
         return state, None
     started = time.perf_counter()
-    result = _run_evaluation(run, state, evaluation.center_crop(run.config))
+    result = _run_evaluation(run, state, _periodic_splits(run))
     if result is not None:
         _record_evaluation(run, step, result)
-        state = _maybe_update_plateau(state, result['eval_top1_error'], run.config)
+        error = checkpointing.selection_error(result)
+        state = _maybe_update_plateau(state, error, run.config)
         state = run.placement.place_state(state)  # new host values, same layout: no recompile
     run.progress.exclude(time.perf_counter() - started)
     return state, result
@@ -225,16 +244,29 @@ def _maybe_update_plateau(state: steps.TrainState, error: float, config) -> step
 
 
 def _run_evaluation(
-    run: _Run, state: steps.TrainState, config: ml_collections.ConfigDict
+    run: _Run, state: steps.TrainState, splits: list[str], *, final: bool = False
 ) -> dict[str, Any] | None:
-    """:func:`evaluation.evaluate` with progress shown; None when a signal asks to stop."""
-    return evaluation.evaluate(
-        run.placement,
-        state,
-        config,
-        stop=run.preemption.requested,
-        progress=run.progress.eval_progress(evaluation.size(config, run.num_eval)),
-    )
+    """:func:`evaluation.evaluate` of each of ``splits``, their results in one dict, progress
+    shown; None when a signal asks to stop. Centre crops, except the final evaluation of the
+    test split: ``config.eval_crops`` (Section 4.1's ten crops in the paper's configs)."""
+    centre = evaluation.center_crop(run.config)
+    configs = {s: run.config if final and s == 'test' else centre for s in splits}
+    sizes = [evaluation.size(configs[s], run.info.count(s)) for s in splits]
+    show = run.progress.eval_progress(sum(sizes))
+    result: dict[str, Any] = {}
+    for split, before in zip(splits, np.cumsum([0, *sizes]).tolist(), strict=False):
+        part = evaluation.evaluate(
+            run.placement,
+            state,
+            configs[split],
+            split=split,
+            stop=run.preemption.requested,
+            progress=lambda done, before=before: show(before + done),
+        )
+        if part is None:
+            return None
+        result.update(part)
+    return result
 
 
 def _record_evaluation(run: _Run, step: int, result: dict[str, Any]) -> None:
@@ -286,8 +318,8 @@ def _finish(run: _Run, state: steps.TrainState, step: int) -> dict[str, Any]:
     if run.progress.pending:
         run.progress.flush(step)
     eval_result: dict[str, Any] = {}
-    if _evaluates(run):
-        result = _run_evaluation(run, state, run.config)
+    if _final_splits(run):
+        result = _run_evaluation(run, state, _final_splits(run), final=True)
         if result is None:  # a signal during the final evaluation: rerun evaluates again
             _save(run, step, state)
             stop = run.preemption.reached(step)

@@ -29,4 +29,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 100
     c.eval_crops = 1
     c.shuffle_buffer = 50_000
+    c.validation_examples = 5_000  # of the 50,000 training images
     return c

@@ -32,6 +32,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.skip_corrupt_images = False  # imagefolder: skip and count undecodable images, not fail
     c.synthetic_num_train = 1_281_167  # dataset=synthetic: training images per epoch (ImageNet's)
     c.synthetic_num_eval = 50_000  # dataset=synthetic: evaluation images (ImageNet val's)
+    # Held out of the training split, these choose learning rates and drive the plateau rule;
+    # the test split (ImageNet's validation set) is then read once, at the end.
+    c.validation_examples = 0  # training images held out (0: evaluations read the test split)
+    c.train_clean_examples = 10_000  # training images evaluated as the test ones are (0: none)
 
     # --- Model (alexnet_jax/models.py) ---
     c.model = 'paper'  # paper | single_tower | caffenet | owt | bn | small

@@ -33,4 +33,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 100
     c.eval_crops = 1
     c.shuffle_buffer = 60_000
+    c.validation_examples = 5_000  # of the 60,000 training images
     return c

@@ -31,4 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 2_000
     c.log_every_steps = 100
     c.eval_crops = 10  # Section 4.1: four corners + centre, and their reflections
+    # The plateau rule goes by 10,000 held-out training images, so the reported validation
+    # (test) error was not used for any choice; 0 reproduces Section 5 exactly.
+    c.validation_examples = 10_000
     return c

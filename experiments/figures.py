@@ -87,7 +87,7 @@ def _centre_crops(config: ml_collections.ConfigDict, train: bool, limit: int) ->
 
     from alexnet_jax import datasets, preprocessing
 
-    source = datasets.get(config).source(train=train)
+    source = datasets.get(config).source('train' if train else 'test')
     base_hw = preprocessing.base_size(config, source.image_hw if config.crop_padding else None)
     offsets, flips = preprocessing.eval_offsets(base_hw, config.image_size, 1)
     n = min(limit, source.num_examples)

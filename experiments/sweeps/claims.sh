@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs the Fashion-MNIST claim sweeps one after another, at the lowest CPU priority, resumably:
+# rerunning skips finished runs and resumes a half-finished one from its checkpoint. Sweeps go
+# under $SWEEPS (default /work/sweeps); give the names to run only some, in that order.
+#
+#   nohup bash experiments/sweeps/claims.sh > /work/sweeps/claims.log 2>&1 &
+#   bash experiments/sweeps/claims.sh pooling towers
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+SWEEPS=${SWEEPS:-/work/sweeps}
+PYTHON=${PYTHON:-.venv/bin/python}
+ORDER=(relu_vs_tanh_lr quickstart_lr pooling lrn_vs_none_vs_bn towers relu_vs_tanh dropout
+  augmentation)
+mkdir -p "$SWEEPS"
+[ $# -gt 0 ] || set -- "${ORDER[@]}"
+for name in "$@"; do
+  echo "== $(date -u +%FT%TZ) $name"
+  nice -n 19 "$PYTHON" -m experiments.sweep --sweep "experiments/sweeps/$name.py" \
+    --workdir "$SWEEPS/$name" || echo "== $name: the sweep stopped (exit $?); going on"
+  "$PYTHON" -m experiments.report "$SWEEPS/$name" > /dev/null || true
+done

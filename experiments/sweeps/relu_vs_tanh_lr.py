@@ -1,0 +1,20 @@
+"""Section 3.1 / Figure 1, step 1: each activation's fastest constant learning rate.
+
+    nice -n 19 python -m experiments.sweep --sweep experiments/sweeps/relu_vs_tanh_lr.py \
+        --workdir /work/sweeps/relu_vs_tanh_lr
+    python -m experiments.report /work/sweeps/relu_vs_tanh_lr
+
+The paper chose "the learning rates for each network ... independently to make training as fast
+as possible". Here: 4 constant rates x 2 activations, one seed (100, not one of the comparison's
+seeds), 1.5 epochs, in Figure 1's setting (common.FIGURE_1: no dropout, weight decay,
+augmentation or normalisation). The rate of each activation that reaches 20% clean training
+error in the fewest steps goes into relu_vs_tanh.LEARNING_RATES.
+"""
+
+from experiments.sweeps import common
+
+BASE = common.FASHION_MNIST
+grid = {'activation': ['relu', 'tanh'], 'learning_rate': [0.01, 0.02, 0.05, 0.1]}
+seeds = [100]
+budget = {**common.FIGURE_1, **common.epochs(1.5)}
+report = {'target_train_error': [0.25, 0.2]}
