@@ -17,6 +17,9 @@ see ``layers.py``); it never interprets a config string. :func:`from_spec` turns
   bn            227  62,381,096  the tf.keras tutorial: BatchNorm after every conv, no towers
   small       28/32              five convs and three FCs scaled down for Fashion-MNIST/CIFAR-10
 
+``half_kernels=True`` (with ``groups=1``) is Section 3.2's one-GPU baseline: conv1-conv4 with half
+their kernels, conv5 and the FC layers full (paper geometry: 59,798,312 parameters).
+
 The two-device towers of Section 3.2 (``towers.py``) run this same module inside
 ``jax.shard_map``, given the tower versions of conv, dense, dropout and the exchange.
 """
@@ -208,7 +211,7 @@ def from_spec(
     """
     backend = jax.default_backend() if backend is None else backend
     return AlexNet(
-        convs=spec.convs,
+        convs=spec.built_convs(),
         hidden=spec.hidden,
         num_classes=spec.num_classes,
         input_sizes=spec.input_sizes,

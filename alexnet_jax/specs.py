@@ -15,6 +15,9 @@ The variants (1000 classes; parameter counts are asserted in ``tests/test_models
   bn            227    96-256-384-384-256, 4096  bn: 1 ... 5   1       paper
   small       28/32    32-64-96-96-64, 512       lrn: 1, 2     2       modern  pools 1, 2 pad
 
+``half_kernels`` (any variant, with groups=1) halves conv1-conv4's kernels and keeps conv5 and
+the FC layers: the one-GPU net Section 3.2 compares the towers against (its footnote).
+
 Every variant pools with overlapping 3x3/2 windows, applies ReLU and drops out at 0.5 by default.
 Nothing here depends on the machine: the device checks are :func:`check_devices`, called where
 the devices are used.
@@ -72,6 +75,7 @@ class ModelSpec:
     dropout_rate: float = 0.5
     dropout_before_fc: bool = False  # torchvision drops fc6/fc7's *inputs*; the paper their outputs
     groups: int = 2
+    half_kernels: bool = False  # Section 3.2's one-GPU net: conv1-4 halved, conv5 and fc kept
     init_scheme: str = 'paper'
     compute_dtype: str = 'float32'  # parameters stay float32
     tower_local_lrn: bool = False  # LRN within each tower's half of the channels (Section 3.2)
@@ -85,6 +89,18 @@ class ModelSpec:
         those.
         """
         return {f: getattr(self, f) for f in NETWORK_FIELDS}
+
+    def built_convs(self) -> tuple[Conv, ...]:
+        """The convolutions the network builds: ``convs``, with conv1-conv4 at half their
+        kernels under ``half_kernels``.
+
+        Section 3.2, footnote: the one-GPU net keeps the last conv layer's kernels (and the FC
+        layers) because most parameters are in fc6, which takes conv5 as input.
+        """
+        if not self.half_kernels:
+            return self.convs
+        halved = tuple(dataclasses.replace(c, features=c.features // 2) for c in self.convs[:4])
+        return (*halved, *self.convs[4:])
 
 
 NETWORK_FIELDS = tuple(
@@ -136,7 +152,7 @@ VARIANTS: dict[str, ModelSpec] = {
 # The config fields that override a variant's preset when not None (same names in ModelSpec).
 SWITCHES = ('norm', 'pooling', 'activation', 'dropout_rate', 'groups', 'init_scheme')
 # Every config field that defines the network: what checkpoint compatibility compares.
-NETWORK_CONFIG_FIELDS = ('model', 'num_classes', *SWITCHES)
+NETWORK_CONFIG_FIELDS = ('model', 'num_classes', *SWITCHES, 'half_kernels')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,6 +238,13 @@ def model_spec(variant: str, **fields: Any) -> ModelSpec:
             "config.model_parallel_towers=True runs LRN within each tower (as the paper's two "
             'GPUs did); config.tower_local_lrn=False cannot be placed on two devices.',
         )
+    if spec.half_kernels:
+        _require(
+            spec.groups == 1,
+            "config.half_kernels=True is Section 3.2's one-GPU net, which has no towers: it "
+            f'needs groups=1, but model {variant!r} has groups={spec.groups}. Set '
+            '--config.groups=1 (or use a variant whose groups is 1, e.g. single_tower).',
+        )
     if spec.tower_local_lrn:
         _require(
             spec.groups == TOWERS,
@@ -239,6 +262,7 @@ def resolve_model(config: ml_collections.ConfigDict) -> ModelSpec:
         config.model,
         num_classes=config.num_classes,
         **{name: config[name] for name in SWITCHES},
+        half_kernels=bool(config.get('half_kernels', False)),  # absent from older runs too
         compute_dtype='bfloat16' if config.half_precision else 'float32',
         tower_local_lrn=towers if tower_local_lrn is None else bool(tower_local_lrn),
         model_parallel_towers=towers,

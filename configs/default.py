@@ -46,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.dropout_rate = ml_collections.config_dict.placeholder(float)  # Section 4.2: 0.5
     c.groups = ml_collections.config_dict.placeholder(int)  # 1 | 2
     c.init_scheme = ml_collections.config_dict.placeholder(str)  # paper | modern
+    c.half_kernels = False  # Section 3.2's one-GPU net: conv1-4 at half the kernels, conv5/fc full
     c.model_parallel_towers = False  # Section 3.2 for real: each tower on its own device.
     # LRN within each tower's half of the channels, as on the paper's two GPUs (needs groups=2).
     c.tower_local_lrn = ml_collections.config_dict.placeholder(bool)  # None: model_parallel_towers

@@ -416,6 +416,10 @@ def test_the_network_fields_are_every_field_that_changes_the_network():
         if checkpointing._network(changed) != reference:
             changes_network.add(field)
     assert changes_network == set(alternatives)
+    # half_kernels needs groups=1 (Section 3.2's one-GPU net): compared on that net.
+    one_gpu = checkpointing._network(small_config(groups=1))
+    if checkpointing._network(small_config(groups=1, half_kernels=True)) != one_gpu:
+        changes_network.add('half_kernels')
     assert derived == changes_network
     # Fields that change neither the parameters nor what they compute: a checkpoint moves.
     for field, value in (('half_precision', True), ('tower_local_lrn', True)):
