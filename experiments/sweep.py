@@ -12,15 +12,16 @@ A sweep file is plain Python with these names (only ``BASE`` and ``grid`` are re
     budget = {'num_train_steps': 300}       # fixed overrides for every run
     report = {'target_train_error': [0.25], 'ratio': ('activation', 'tanh', 'relu')}
     # report: experiments.report's "steps to X% train error" columns and "tanh / relu" lines
+    # report may also hold 'claims': [{...}, ...], checked per claim (schema: experiments/claims.py)
 
-Every run's config is the base config with ``budget``, the grid point and the seed applied to
-the LOCKED config, and is validated before the first run starts: a misspelt field, a value of
-the wrong type or an empty grid fails the whole sweep with one message and no compute. Runs go
-through ``alexnet_jax.train.train_and_evaluate``, the code behind ``alexnet_jax.main``, each in
-``DIR/<run_name>/`` (named from its grid overrides and seed). A run with ``results.json`` is
-skipped, a half-finished one resumes from its own checkpoint, and a failed one gets
-``failed.json`` (error and traceback) while the sweep goes on to the next run. Adding seeds or
-grid values to a finished sweep runs only the new runs; run names do not include the budget, so
+Every run's config is the base config with ``budget``, the grid point and the seed applied to the
+LOCKED config, and is validated before the first run starts: a misspelt field, a value of the wrong
+type, an empty grid or a claim that does not follow the schema fails the whole sweep with one
+message and no compute. Runs go through ``alexnet_jax.train.train_and_evaluate``, the code behind
+``alexnet_jax.main``, each in ``DIR/<run_name>/`` (named from its grid overrides and seed). A run
+with ``results.json`` is skipped, a half-finished one resumes from its own checkpoint, and a failed
+one gets ``failed.json`` (error and traceback) while the sweep goes on to the next run. Adding seeds
+or grid values to a finished sweep runs only the new runs; run names do not include the budget, so
 after changing it use a new DIR (a finished run whose config differs is kept, with a warning).
 """
 
@@ -178,7 +179,14 @@ def apply_overrides(
 def build_runs(sweep: Sweep) -> list[Run]:
     """Every run's config, validated; raises SweepError before anything runs."""
     from alexnet_jax.config_checks import ConfigError, validate_config
+    from experiments.claims import ClaimError, parse_claim  # claims imports this module
 
+    for claim in sweep.report.get('claims', []):
+        try:
+            parse_claim(claim)
+        except ClaimError as error:
+            name = claim.get('name', '(unnamed)') if isinstance(claim, dict) else claim
+            raise SweepError(f'{sweep.path}: claim {name!r}: {error}') from None
     base = load_base_config(sweep.base)
     apply_overrides(base, sweep.budget, f'{sweep.path}: budget')
     runs, names = [], set()

@@ -1,5 +1,6 @@
-"""experiments.report's claims (paired intervals, MDE, steps to thresholds, verdicts) and
-experiments.stats, on sweep directories written the way experiments.sweep writes them."""
+"""experiments.claims (paired intervals, MDE, steps to thresholds, verdicts), experiments.runs,
+experiments.report and experiments.stats, on sweep directories written the way
+experiments.sweep writes them."""
 
 import json
 import math
@@ -10,6 +11,15 @@ import pytest
 from scipy import stats as scipy_stats
 
 from experiments import report, stats, sweep
+from experiments.claims import check_claim
+from experiments.runs import (
+    RunRecord,
+    best_validation,
+    collect,
+    read_metrics,
+    steps_to_error,
+    steps_to_threshold,
+)
 
 BASE_CONFIG = {
     'dataset': 'fashion_mnist',
@@ -107,8 +117,8 @@ def paired_sweep(tmp_path, difference, noise, seeds=range(6), rng_seed=0, claims
 def test_paired_interval_is_scipy_ttest_rel_and_the_verdict_follows_the_expected_side(tmp_path):
     lower = {**POOLING_CLAIM, 'name': 'overlapping pooling lowers test error', 'expect': 'lower'}
     sweep_dir, base, other = paired_sweep(tmp_path, 0.02, 0.002, claims=[POOLING_CLAIM, lower])
-    records = report.collect(sweep_dir)
-    result = report.check_claim(POOLING_CLAIM, records)
+    records = collect(sweep_dir)
+    result = check_claim(POOLING_CLAIM, records)
     (comparison,) = result.comparisons
     expected = scipy_stats.ttest_rel(other, base).confidence_interval(0.95)
     assert comparison.paired.n == 6
@@ -117,7 +127,7 @@ def test_paired_interval_is_scipy_ttest_rel_and_the_verdict_follows_the_expected
     assert comparison.paired.high == pytest.approx(expected.high, abs=1e-12)
     assert expected.low > 0  # the premise: the interval excludes 0 on the 'higher' side
     assert comparison.verdict == 'holds'
-    assert report.check_claim(lower, records).verdicts == ['reversed']
+    assert check_claim(lower, records).verdicts == ['reversed']
     assert not result.unpaired and not result.differences
 
     text = report.build_report(sweep_dir, plots=False)
@@ -130,7 +140,7 @@ def test_paired_interval_is_scipy_ttest_rel_and_the_verdict_follows_the_expected
 
 def test_a_difference_hidden_in_noise_is_not_resolved_with_the_interval_half_width(tmp_path):
     sweep_dir, base, other = paired_sweep(tmp_path, 0.002, 0.05, rng_seed=1)
-    result = report.check_claim(POOLING_CLAIM, report.collect(sweep_dir))
+    result = check_claim(POOLING_CLAIM, collect(sweep_dir))
     diffs = other - base
     n = len(diffs)
     half = scipy_stats.t.ppf(0.975, n - 1) * np.std(diffs, ddof=1) / math.sqrt(n)
@@ -193,22 +203,22 @@ def interpolation_bound(tau, every):
 
 def test_steps_to_a_threshold_interpolate_the_clean_curve_and_censor_when_never_reached():
     tau, every, last = 100.0, 10, 400
-    record = report.RunRecord('r', {}, 0, 'done')
+    record = RunRecord('r', {}, 0, 'done')
     record.train, record.evals = _split(clean_curve_rows(tau, every, last))
     for threshold in (0.5, 0.2, 0.05, 0.02):
-        reach = report.steps_to_threshold(record, threshold)
+        reach = steps_to_threshold(record, threshold)
         exact = tau * math.log(1 / threshold)
         assert reach.source == 'clean'
         # The chord of a convex curve lies above it: the interpolated crossing is not early.
         assert 0 <= reach.step - exact <= interpolation_bound(tau, every)
-    never = report.steps_to_threshold(record, 0.01)  # exp(-4) = 0.018 at the last step
+    never = steps_to_threshold(record, 0.01)  # exp(-4) = 0.018 at the last step
     assert never.step is None and never.last == last
-    assert report.steps_to_threshold(record, 1.0).step == 0  # reached at the first evaluation
+    assert steps_to_threshold(record, 1.0).step == 0  # reached at the first evaluation
 
-    old = report.RunRecord('old', {}, 0, 'done')
+    old = RunRecord('old', {}, 0, 'done')
     old.train, old.evals = _split(clean_curve_rows(tau, every, last, clean=False))
-    fallback = report.steps_to_threshold(old, 0.3)
-    assert fallback.source == 'train' and fallback.step == report.steps_to_error(old, 0.3)
+    fallback = steps_to_threshold(old, 0.3)
+    assert fallback.source == 'train' and fallback.step == steps_to_error(old, 0.3)
 
 
 def _split(rows):
@@ -243,8 +253,8 @@ TANH_CLAIM = {
 def test_steps_ratio_of_a_three_times_slower_arm_is_three_with_a_degenerate_interval(tmp_path):
     tau, every = 50.0, 10
     sweep_dir = steps_sweep(tmp_path, {'relu': tau, 'tanh': 3 * tau}, every=every)
-    records = report.collect(sweep_dir)
-    result = report.check_claim(TANH_CLAIM, records)
+    records = collect(sweep_dir)
+    result = check_claim(TANH_CLAIM, records)
     assert len(result.pairs) == 3
     for threshold, comparison in zip((0.3, 0.2), result.comparisons[:2], strict=True):
         exact = tau * math.log(1 / threshold)
@@ -266,17 +276,17 @@ def test_steps_ratio_of_a_three_times_slower_arm_is_three_with_a_degenerate_inte
     ]
     reversed_claim = {**TANH_CLAIM, 'expect': 'lower', 'metric': 'steps_to:0.2'}
     del reversed_claim['thresholds']
-    assert report.check_claim(reversed_claim, records).verdicts == ['reversed']
+    assert check_claim(reversed_claim, records).verdicts == ['reversed']
 
     text = report.build_report(sweep_dir, plots=False)  # the table's cell: interpolated steps
-    step = report.steps_to_threshold(records[0], 0.3).step  # 50 ln(1 / 0.3) = 60.2, checked above
+    step = steps_to_threshold(records[0], 0.3).step  # 50 ln(1 / 0.3) = 60.2, checked above
     assert '| relu | 3 |' in text and f'| {step:.0f} ± 0 |' in text
 
 
 def test_steps_ratio_falls_back_to_the_logged_training_error(tmp_path):
     sweep_dir = steps_sweep(tmp_path, {'relu': 50.0, 'tanh': 150.0}, clean=False)
     claim = {**TANH_CLAIM, 'thresholds': [0.3]}
-    (comparison,) = report.check_claim(claim, report.collect(sweep_dir)).comparisons
+    (comparison,) = check_claim(claim, collect(sweep_dir)).comparisons
     assert 'logged training error' in comparison.label
 
     def first_smoothed_step(tau):  # the logged error, mean of 3 windows, first step <= 0.3
@@ -306,7 +316,7 @@ def test_unequal_seeds_are_paired_where_possible_and_other_differences_flagged(t
         'expect': 'lower',
     }
     sweep_dir = make_sweep(tmp_path, runs, {'claims': [claim]})
-    result = report.check_claim(claim, report.collect(sweep_dir))
+    result = check_claim(claim, collect(sweep_dir))
     assert [(b.seed, a.seed) for b, a in result.pairs] == [(1, 1), (2, 2)]
     assert sorted((r.name, r.seed) for r in result.unpaired) == [
         ('dropout_rate=0.0__seed=3', 3),
@@ -328,7 +338,7 @@ def test_a_crossed_grid_pairs_by_seed_and_the_fields_the_claim_does_not_name(tmp
         for seed in (0, 1)
     ]
     sweep_dir = make_sweep(tmp_path, runs)
-    result = report.check_claim(POOLING_CLAIM, report.collect(sweep_dir))
+    result = check_claim(POOLING_CLAIM, collect(sweep_dir))
     assert len(result.pairs) == 4 and not result.unpaired and not result.differences
     assert all(b.overrides['norm'] == a.overrides['norm'] for b, a in result.pairs)
     assert all(b.seed == a.seed for b, a in result.pairs)
@@ -336,21 +346,21 @@ def test_a_crossed_grid_pairs_by_seed_and_the_fields_the_claim_does_not_name(tmp
 
 def test_claims_not_tested_say_why(tmp_path):
     sweep_dir, _, _ = paired_sweep(tmp_path, 0.02, 0.002, seeds=[0, 1])
-    records = report.collect(sweep_dir)
+    records = collect(sweep_dir)
     reason = 'grey images have no colour to perturb'
-    assert report.check_claim({'name': 'PCA noise', 'not_tested': reason}, records).verdicts == [
+    assert check_claim({'name': 'PCA noise', 'not_tested': reason}, records).verdicts == [
         f'not tested here ({reason})'
     ]
     missing = {**POOLING_CLAIM, 'metric': 'val_top1_error'}
-    assert report.check_claim(missing, records).verdicts == [
+    assert check_claim(missing, records).verdicts == [
         'not tested here (no pair of runs has `val_top1_error`)'
     ]
-    one_pair = report.check_claim(POOLING_CLAIM, [r for r in records if r.seed == 0])
+    one_pair = check_claim(POOLING_CLAIM, [r for r in records if r.seed == 0])
     assert one_pair.verdicts[0].startswith('not tested here (fewer than 2 pairs: 1 pair')
-    (verdict,) = report.check_claim({**POOLING_CLAIM, 'expekt': 'x'}, records).verdicts
+    (verdict,) = check_claim({**POOLING_CLAIM, 'expekt': 'x'}, records).verdicts
     assert verdict.startswith("not tested here (bad claim: unknown key(s) ['expekt']")
     nobody = {**POOLING_CLAIM, 'arm': {'pooling': 'stochastic'}}
-    assert report.check_claim(nobody, records).verdicts == [
+    assert check_claim(nobody, records).verdicts == [
         'not tested here (no run matches the arm pooling=stochastic)'
     ]
 
@@ -392,15 +402,15 @@ def test_val_clean_gap_and_best_validation_metrics(tmp_path):
         for m in ('val_top1_error', 'gap', 'best_val_top1_error')
     ]  # fmt: skip
     sweep_dir = make_sweep(tmp_path, runs, {'claims': claims})
-    records = report.collect(sweep_dir)
+    records = collect(sweep_dir)
     shifts = 0.01 + 0.001 * np.arange(4)
     for claim, diffs in zip(claims, (shifts, 2 * shifts, shifts), strict=True):
-        (comparison,) = report.check_claim(claim, records).comparisons
+        (comparison,) = check_claim(claim, records).comparisons
         assert comparison.paired.mean == pytest.approx(np.mean(diffs))
         assert comparison.verdict == 'holds'
-    best = report.check_claim(claims[2], records).comparisons[0]
+    best = check_claim(claims[2], records).comparisons[0]
     assert 'best at step (mean over runs): baseline 200, arm 200' in best.details
-    assert report.best_validation(records[0]) == (pytest.approx(0.30), 200, None)
+    assert best_validation(records[0]) == (pytest.approx(0.30), 200, None)
 
     text = report.build_report(sweep_dir)  # with the plots: clean and validation curves drawn
     assert 'val err % | clean train err % | gap val − clean train (pp) | best val err %' in text
@@ -418,7 +428,7 @@ def test_read_metrics_keeps_every_evaluation_row_and_merges_a_step(tmp_path):
         {'step': 20, 'eval_top1_error': 0.75, 'eval_count': 100},
     ]
     path.write_text('\n'.join(json.dumps(r) for r in rows) + '\n{"step": 30, "eval_')
-    train, evals = report.read_metrics(str(path))
+    train, evals = read_metrics(str(path))
     assert [r['step'] for r in train] == [10]
     assert evals == [
         {'step': 10, 'val_top1_error': 0.8, 'val_count': 50},

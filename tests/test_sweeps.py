@@ -171,6 +171,24 @@ def test_a_bad_sweep_fails_before_any_run_with_one_message(
     assert not sweep_dir.exists()
 
 
+def test_a_misspelt_claim_fails_the_sweep_before_any_compute(tmp_path):
+    claim = {
+        'name': 'dropout lowers test error',
+        'metric': 'eval_top1_error',
+        'baseline': {'dropout_rate': 0.0},
+        'arm': {'dropout_rate': 0.5},
+        'expect': 'lowr',
+    }
+    sweep_file = write_sweep(
+        tmp_path, {'dropout_rate': [0.0, 0.5]}, extra=f'report = {{"claims": [{claim!r}]}}'
+    )
+    with pytest.raises(sweep.SweepError) as raised:
+        sweep.build_runs(sweep.load_sweep(sweep_file))
+    message = str(raised.value)
+    assert sweep_file in message and "'dropout lowers test error'" in message
+    assert "expect must be 'lower' or 'higher', got 'lowr'" in message
+
+
 def test_write_scripts_writes_one_line_per_run(tmp_path):
     sweep_file = write_sweep(
         tmp_path, {'norm': ['lrn', 'none'], 'pooling': ['overlapping']}, [0, 1]
