@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 
+TFDS_DATASETS = ('imagenet2012', 'fashion_mnist', 'cifar10')  # read through tfds_data
+
 # The splits a dataset object serves. 'train' is what the run trains on: the dataset's training
 # split less the held-out 'validation' images (config.validation_examples), which choose the
 # learning rate and drive the plateau rule. 'train_clean' is a fixed subset of 'train'

@@ -21,7 +21,6 @@ import ml_collections
 from alexnet_jax.data_types import Dataset, DatasetInfo
 
 DATASETS = ('imagenet2012', 'fashion_mnist', 'cifar10', 'imagefolder', 'synthetic', 'prepared')
-TFDS_DATASETS = ('imagenet2012', 'fashion_mnist', 'cifar10')  # read through tfds_data
 
 
 def check_dataset_name(name: str) -> None:

@@ -26,8 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 import ml_collections
 import numpy as np
 
-from alexnet_jax import datasets, image_stats, prepared_files
+from alexnet_jax import image_stats, prepared_files
 from alexnet_jax.data_types import (
+    TFDS_DATASETS,
     DatasetInfo,
     HostArrays,
     Stats,
@@ -181,7 +182,7 @@ def split_indices(header: Header, config: ml_collections.ConfigDict, split: str)
         return np.arange(header.count('eval'))
     n = header.count('train')
     train, held_out, clean = split_sizes(config, n)
-    if header.dataset in datasets.TFDS_DATASETS:
+    if header.dataset in TFDS_DATASETS:
         training, validation = np.arange(train), np.arange(train, n)
     else:
         training, validation = carve_validation(n, held_out)

@@ -277,7 +277,9 @@ def layer_names(value: str | None) -> tuple[str, ...]:
 def resolve_optimizer(config: ml_collections.ConfigDict) -> OptimizerSpec:
     _one_of('lr_schedule', config.lr_schedule, SCHEDULES, 'learning-rate schedule')
     _require(
-        math.isfinite(config.learning_rate) and config.learning_rate > 0,
+        isinstance(config.learning_rate, int | float)
+        and math.isfinite(config.learning_rate)
+        and config.learning_rate > 0,
         f'config.learning_rate={config.learning_rate} must be a positive number (paper: 0.01).',
     )
     _require(0 <= config.momentum < 1, f'config.momentum={config.momentum} must be in [0, 1).')

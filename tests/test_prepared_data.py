@@ -30,6 +30,9 @@ def _config(root: str, data_dir: str, **overrides):
     c.dataset_path = str(root)
     c.data_dir = data_dir
     c.input_threads = 2
+    # The stream over the whole stored split (test_validation_split holds images out).
+    c.validation_examples = 0
+    c.train_clean_examples = 0
     for key, value in overrides.items():
         c[key] = value
     return c

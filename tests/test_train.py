@@ -40,6 +40,10 @@ def small_config(**overrides):
     c.checkpoint_every_steps = 2
     c.lr_schedule = 'constant'
     c.learning_rate = 0.01
+    # Evaluations read the test split, as in a run without a validation split (the held-out
+    # and clean training splits: test_validation_split.py).
+    c.validation_examples = 0
+    c.train_clean_examples = 0
     for key, value in overrides.items():
         c[key] = value
     return c

@@ -23,6 +23,7 @@ def epochs(n: float) -> dict:
     """The budget of ``n`` epochs of the quick start's batch, measured as every sweep measures."""
     return {**MEASURE, 'num_train_steps': round(n * EPOCH)}
 
+
 # Figure 1's setting: "no regularization of any kind was employed", a constant learning rate.
 FIGURE_1 = {
     'dropout_rate': 0.0,
