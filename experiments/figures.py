@@ -9,7 +9,9 @@ newest checkpoint is used unless ``--step`` names another. Filters: every conv1 
 [0, 1] on its own (min to max), grey for one input channel, colour for RGB. Neighbours: the
 left column holds test images (one per class, in class order), each row then the ``k`` training
 images (from the first ``--train-subset`` of the train split) whose fc7 activations are nearest
-by Euclidean distance, as in Section 6.1.
+by Euclidean distance, as in Section 6.1, and below it the ``k`` nearest by pixels: the paper's
+point is that fc7 neighbours share the class without being close in pixel space. The title
+gives how often the neighbours share the test image's class in each space, and names the run.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def filter_mosaic(kernel: np.ndarray, columns: int | None = None, border: int = 
     return mosaic
 
 
-def plot_filters(config: ml_collections.ConfigDict, state: Any, out: str) -> str:
+def plot_filters(config: ml_collections.ConfigDict, state: Any, out: str, caption: str = '') -> str:
     """Figure 3: ``state``'s conv1 kernels as a grid of images, written to ``out``."""
     kernel = jax.device_get(state.params['conv1']['kernel'])
     mosaic = filter_mosaic(kernel)
@@ -73,7 +75,9 @@ def plot_filters(config: ml_collections.ConfigDict, state: Any, out: str) -> str
     ax.imshow(image, cmap='gray' if mosaic.shape[-1] == 1 else None, interpolation='nearest')
     ax.set_axis_off()
     ax.set_title(
-        f'conv1: {cout} kernels {h}x{w}x{cin} ({config.model}, step {int(state.step)})', fontsize=8
+        f'conv1: {cout} kernels {h}x{w}x{cin} ({config.model}, step {int(state.step)})'
+        + (f'\n{caption}' if caption else ''),
+        fontsize=8,
     )
     fig.tight_layout()
     fig.savefig(out)
@@ -167,6 +171,30 @@ def _pick_queries(labels: np.ndarray, count: int) -> np.ndarray:
     return np.asarray((firsts + rest)[:count])
 
 
+def same_class_fraction(
+    query_labels: np.ndarray, pool_labels: np.ndarray, idx: np.ndarray
+) -> float:
+    """The fraction of the neighbours ``idx`` [Q, k] whose label is their query's."""
+    return float(np.mean(pool_labels[idx] == query_labels[:, None]))
+
+
+def neighbours_by_space(
+    config: ml_collections.ConfigDict, state: Any, test: dict, pool: dict, k: int
+) -> dict[str, np.ndarray]:
+    """Indices [Q, k] of each test image's ``k`` nearest pool images, in fc7 space and in pixel
+    space (the uint8 crops as vectors): the paper's point is that the two differ."""
+
+    def pixels(examples: dict) -> np.ndarray:
+        return examples['image'].reshape(len(examples['image']), -1).astype(np.float32)
+
+    return {
+        'fc7': nearest_neighbours(
+            fc7_features(config, state, test), fc7_features(config, state, pool), k
+        ),
+        'pixels': nearest_neighbours(pixels(test), pixels(pool), k),
+    }
+
+
 def plot_neighbours(
     config: ml_collections.ConfigDict,
     state: Any,
@@ -174,44 +202,58 @@ def plot_neighbours(
     queries: int = 6,
     k: int = 6,
     train_subset: int = 5000,
+    caption: str = '',
 ) -> str:
-    """Figure 4: test images and their nearest training images in fc7 space, to ``out``."""
+    """Figure 4: test images and their nearest training images in fc7 space, each with the
+    nearest in pixel space on the row below, to ``out``. The title gives, over 200 test images,
+    how often the neighbours share the test image's class in each space."""
     test = _examples(config, train=False, limit=max(200, queries))
     pool = _examples(config, train=True, limit=train_subset)
+    agreement = {
+        space: same_class_fraction(test['label'], pool['label'], idx)
+        for space, idx in neighbours_by_space(config, state, test, pool, k).items()
+    }
     chosen = _pick_queries(test['label'], queries)
-    test = {key: v[chosen] for key, v in test.items()}
-    idx = nearest_neighbours(
-        fc7_features(config, state, test), fc7_features(config, state, pool), k
-    )
+    shown = {key: v[chosen] for key, v in test.items()}
+    spaces = neighbours_by_space(config, state, shown, pool, k)
     names = _class_names(config)
     import matplotlib
 
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
+    rows = 2 * len(chosen)
     fig, axes = plt.subplots(
-        len(chosen), k + 1, figsize=(1.1 * (k + 1), 1.15 * len(chosen)), dpi=80, squeeze=False
+        rows, k + 1, figsize=(1.1 * (k + 1), 1.1 * rows + 0.4), dpi=80, squeeze=False
     )
-    for row in range(len(chosen)):
-        images = [test['image'][row]] + [pool['image'][j] for j in idx[row]]
-        labels = [test['label'][row]] + [pool['label'][j] for j in idx[row]]
-        for col, (image, label) in enumerate(zip(images, labels, strict=True)):
-            ax = axes[row, col]
-            grey = image.shape[-1] == 1
-            ax.imshow(
-                image[..., 0] if grey else image,
-                cmap='gray' if grey else None,
-                interpolation='nearest',  # sharper, and a smaller PNG
-            )
-            colour = 'black' if col == 0 or label == labels[0] else 'red'
-            ax.set_title(names[int(label)][:12], fontsize=6, color=colour)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[row, 0].set_ylabel('test', fontsize=7)
+    for q in range(len(chosen)):
+        for offset, (space, idx) in enumerate(spaces.items()):
+            row = 2 * q + offset
+            images = [shown['image'][q]] + [pool['image'][j] for j in idx[q]]
+            labels = [shown['label'][q]] + [pool['label'][j] for j in idx[q]]
+            for col, (image, label) in enumerate(zip(images, labels, strict=True)):
+                ax = axes[row, col]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if col == 0 and offset:  # the test image once per pair of rows
+                    ax.set_axis_off()
+                    continue
+                grey = image.shape[-1] == 1
+                ax.imshow(
+                    image[..., 0] if grey else image,
+                    cmap='gray' if grey else None,
+                    interpolation='nearest',  # sharper, and a smaller PNG
+                )
+                colour = 'black' if col == 0 or label == labels[0] else 'red'
+                ax.set_title(names[int(label)][:12], fontsize=6, color=colour)
+            axes[row, 1].set_ylabel(space, fontsize=7)
     fig.suptitle(
-        f'fc7 nearest neighbours: test image, then its {k} nearest of {len(pool["label"])} '
-        f'training images (red: other class)',
-        fontsize=8,
+        f'Test image, its {k} nearest of {len(pool["label"])} training images by fc7 (upper row) '
+        f'and by pixels (lower row); red: another class. Same class over 200 test images: fc7 '
+        f'{agreement["fc7"]:.0%}, pixels {agreement["pixels"]:.0%}.'
+        + (f'\n{caption}' if caption else ''),
+        fontsize=7,
+        wrap=True,
     )
     fig.tight_layout()
     fig.savefig(out)
@@ -244,10 +286,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     cli.quiet_libraries()
     try:
         config, state = load_run(args.workdir, args.step)
+        caption = f'run {args.workdir.rstrip("/")}, step {int(state.step)}'
         if args.figure == 'filters':
-            path = plot_filters(config, state, args.out)
+            path = plot_filters(config, state, args.out, caption)
         else:
-            path = plot_neighbours(config, state, args.out, args.queries, args.k, args.train_subset)
+            path = plot_neighbours(
+                config, state, args.out, args.queries, args.k, args.train_subset, caption
+            )
     except (FileNotFoundError, ValueError) as error:
         print(f'error: {error}', file=sys.stderr)
         return 2

@@ -246,3 +246,9 @@ def test_nearest_neighbours_by_euclidean_distance():
     np.testing.assert_array_equal(
         figures.nearest_neighbours(queries, database, 2), [[1, 3], [0, 3]]
     )
+
+
+def test_same_class_fraction_counts_neighbours_sharing_their_querys_label():
+    query_labels, pool_labels = np.array([0, 1]), np.array([0, 1, 1, 0])
+    idx = np.array([[0, 3], [1, 0]])  # query 0: classes 0, 0; query 1: classes 1, 0
+    assert figures.same_class_fraction(query_labels, pool_labels, idx) == 3 / 4
