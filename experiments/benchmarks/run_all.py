@@ -33,6 +33,7 @@ BENCHMARKS = {
     'input_pipeline': ('input_pipeline', ['--json', '{json}']),
     'record_formats': ('record_formats', []),
     'end_to_end': ('end_to_end', ['--json', '{json}']),
+    'seeds_vmap': ('seeds_vmap', ['--json', '{json}']),
     # Equal malloc settings on both sides: the stable comparison (RESULTS.md, issue 7).
     'train_step': (
         'train_step',
