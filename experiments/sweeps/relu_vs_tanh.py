@@ -6,11 +6,12 @@
 
 Protocol, as Figure 1: no dropout, weight decay, augmentation or normalisation; a constant
 learning rate per activation, the fastest of relu_vs_tanh_lr.py's search (LEARNING_RATES); 2
-activations x 5 seeds, 3 epochs. Measured: the steps each run takes to reach 25%, 20% and 15%
+activations x 5 seeds, 3 epochs. Measured: the steps each run takes to reach 20%, 15% and 12%
 clean training error (eval mode, 5,000 training images, every tenth of an epoch, interpolated),
-and the
-tanh / ReLU ratio per seed. The paper: a four-layer net on CIFAR-10 reached 25% training error
-six times faster with ReLUs. Cluster version: cluster/relu_vs_tanh_cifar10.py.
+and the tanh / ReLU ratio per seed. The paper: a four-layer net on CIFAR-10 reached 25% training
+error six times faster with ReLUs; Fashion-MNIST is easier (in the search tanh was below 25% at
+the first evaluation, 42 steps), hence lower thresholds. Cluster version:
+cluster/relu_vs_tanh_cifar10.py.
 """
 
 from experiments.sweeps import common
@@ -23,12 +24,12 @@ grid = [{'activation': a, 'learning_rate': lr} for a, lr in LEARNING_RATES.items
 seeds = common.SEEDS
 budget = {**common.FIGURE_1, **common.epochs(3), 'eval_every_steps': common.EPOCH // 10}
 report = {
-    'target_train_error': [0.25, 0.2, 0.15],
+    'target_train_error': [0.2, 0.15, 0.12],
     'claims': [
         {
             'name': 'tanh needs more steps than ReLU to reach each training error (paper: 6x)',
             'metric': 'steps_ratio',
-            'thresholds': [0.25, 0.2, 0.15],
+            'thresholds': [0.2, 0.15, 0.12],
             'baseline': {'activation': 'relu'},
             'arm': {'activation': 'tanh'},
             'expect': 'higher',
