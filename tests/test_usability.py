@@ -228,6 +228,15 @@ def test_evaluate_prints_its_result_and_no_library_logs(trained_run):
     assert info == [] and proc.stderr.strip() == '', proc.stderr[:2000]
 
 
+def test_evaluate_names_a_split_the_run_does_not_hold(trained_run):
+    workdir, _ = trained_run  # trained with validation_examples = 0
+    proc = _command('alexnet_jax.evaluate', f'--workdir={workdir}', '--split=validation')
+    assert proc.returncode != 0
+    assert proc.stderr.strip().startswith(
+        f'error: The run in {workdir} has no validation split (config.validation_examples = 0)'
+    ), proc.stderr[-2000:]
+
+
 def test_restored_state_equals_the_checkpoint_read_directly(trained_run):
     import jax
     import numpy as np

@@ -7,6 +7,8 @@ the training run evaluates them (and the clean subset) while the test split wait
 """
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from alexnet_jax.prepare import prepare
 from configs import fashion_mnist
 from tests.test_image_folder import _config as folder_config
 from tests.test_image_folder import _write_pngs
-from tests.test_train import small_config
+from tests.test_train import ROOT, small_config
 
 HELD_OUT = 5_000
 
@@ -164,6 +166,7 @@ def test_prepared_validation_is_the_source_datasets(tmp_path, fashion_mnist_data
 
 
 def test_training_evaluates_validation_and_clean_train_and_tests_once_at_the_end(tmp_path):
+    """The run's own evaluations, then the evaluate command on its last checkpoint."""
     config = small_config(
         num_train_steps=8, eval_every_steps=4, validation_examples=40, train_clean_examples=24
     )
@@ -187,3 +190,22 @@ def test_training_evaluates_validation_and_clean_train_and_tests_once_at_the_end
         assert best['val_top1_error'] == min(by_step.values())
     finally:
         ckpt.close()
+
+    # The evaluate command, in its own process, finds the final validation error again.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'alexnet_jax.evaluate',
+            f'--workdir={tmp_path}',
+            '--split=validation',
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith('step 8, 1 crop(s), 40 images: top-1 error ')
+    written = json.loads((tmp_path / 'validation_step8_1crop.json').read_text())
+    assert written['val_top1_error'] == pytest.approx(results['val_top1_error'], abs=1e-6)
