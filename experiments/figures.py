@@ -248,12 +248,11 @@ def plot_neighbours(
                 ax.set_title(names[int(label)][:12], fontsize=6, color=colour)
             axes[row, 1].set_ylabel(space, fontsize=7)
     fig.suptitle(
-        f'Test image, its {k} nearest of {len(pool["label"])} training images by fc7 (upper row) '
-        f'and by pixels (lower row); red: another class. Same class over 200 test images: fc7 '
+        f'The {k} nearest of {len(pool["label"])} training images by fc7 (upper rows) and by '
+        f'pixels (lower rows); red: another class.\nSame class over 200 test images: fc7 '
         f'{agreement["fc7"]:.0%}, pixels {agreement["pixels"]:.0%}.'
         + (f'\n{caption}' if caption else ''),
         fontsize=7,
-        wrap=True,
     )
     fig.tight_layout()
     fig.savefig(out)
