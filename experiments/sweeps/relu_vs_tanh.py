@@ -16,8 +16,9 @@ cluster/relu_vs_tanh_cifar10.py.
 
 from experiments.sweeps import common
 
-# The fastest constant rate of each activation in relu_vs_tanh_lr.py's search (seed 100).
-LEARNING_RATES = {'relu': None, 'tanh': None}
+# The fastest constant rate of each activation in relu_vs_tanh_lr.py's search (seed 100): the
+# fewest steps to 15% clean training error, relu 235 at 0.005 and tanh 227 at 0.01 (RESULTS.md).
+LEARNING_RATES = {'relu': 0.005, 'tanh': 0.01}
 
 BASE = common.FASHION_MNIST
 grid = [{'activation': a, 'learning_rate': lr} for a, lr in LEARNING_RATES.items()]
