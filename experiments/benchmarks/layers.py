@@ -4,8 +4,9 @@ Where the training-step benchmark says how far apart the two frameworks are, thi
 where: the forward pass, input gradient and kernel gradient of each convolution, each fully
 connected layer and each max-pool, at the step's batch size, float32, on CPU. Ours are the ops
 the model uses (``ops.split_grouped_conv``, ``ops.dense``, ``ops.max_pool``), jitted one at a
-time; PyTorch's are ``conv2d`` and ``torch.nn.grad``, ``linear`` and ``max_pool2d`` (channels
-last, its faster layout for pooling). Both run in this process, alternating, after
+time; PyTorch's are ``conv2d`` and ``torch.nn.grad``, ``linear`` and ``max_pool2d``, the
+convolutions and pools channels-last (its faster layout on CPU, as in the training step's best
+PyTorch setting). Both run in this process, alternating, after
 ``runtime.configure(keep_host_memory=True)``, so that neither pays for fresh pages.
 
     python experiments/benchmarks/layers.py [--variant owt|paper] [--batch 32] [--repeats 7]
@@ -84,10 +85,13 @@ def conv_rows(variant: str, batch: int, rng: np.random.Generator, torch) -> list
         dx = jax.jit(lambda x, w, g, conv=conv: jax.vjp(lambda x: conv(x, w), x)[1](g)[0])
         dw = jax.jit(lambda x, w, g, conv=conv: jax.vjp(lambda w: conv(x, w), w)[1](g)[0])
 
-        xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
-        wt = torch.from_numpy(w.transpose(3, 2, 0, 1).copy())
+        # Channels-last on PyTorch's side too: its faster layout on CPU (train_step.py).
+        cl = torch.channels_last
+        xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).contiguous(memory_format=cl)
+        wt = torch.from_numpy(w.transpose(3, 2, 0, 1).copy()).contiguous(memory_format=cl)
         f = torch.nn.functional
         gt = torch.ones_like(f.conv2d(xt, wt, stride=stride, padding=pad, groups=groups))
+        gt = gt.contiguous(memory_format=cl)
         kw = dict(stride=stride, padding=pad, groups=groups)
         part = functools.partial
         ours = [

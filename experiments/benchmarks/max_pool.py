@@ -59,7 +59,7 @@ def bench_pools(variant: str, args: argparse.Namespace, dtype) -> None:
             times['autodiff'].append(time_call(autodiff, 2, args.steps))
         a, b = statistics.median(times['ours']), statistics.median(times['autodiff'])
         label = f'{variant} pool {args.batch}x{size}x{size}x{channels}'
-        print(f'{label:<32}{b:>10.3f}{a:>10.3f}{b / a:>8.2f}', flush=True)
+        print(f'| {label} | {b:.3f} | {a:.3f} | {b / a:.2f} |', flush=True)
 
 
 def bench_steps(variant: str, args: argparse.Namespace) -> None:
@@ -82,7 +82,7 @@ def bench_steps(variant: str, args: argparse.Namespace) -> None:
             runner._run(wait=True)  # one untimed step between the two versions
             times[name].append(1e3 * train_step.timed_steps(runner, args.steps)['time'])
     a, b = statistics.median(times['ours']), statistics.median(times['autodiff'])
-    print(f'{variant + " training step":<32}{b:>10.2f}{a:>10.2f}{b / a:>8.2f}', flush=True)
+    print(f'| {variant} training step | {b:.2f} | {a:.2f} | {b / a:.2f} |', flush=True)
 
 
 def main() -> None:
@@ -95,7 +95,7 @@ def main() -> None:
     args = parser.parse_args()
     dtype = jnp.bfloat16 if args.half else np.float32
     print(f'{jax.devices()[0].device_kind}, batch {args.batch}, {"bf16" if args.half else "fp32"}')
-    print(f'{"ms (fwd+bwd; step)":<32}{"autodiff":>10}{"ours":>10}{"ratio":>8}')
+    print('| ms (fwd+bwd; step) | autodiff | ours | ratio |\n|---|---:|---:|---:|')
     for variant in args.variants.split(','):
         bench_pools(variant, args, dtype)
         bench_steps(variant, args)

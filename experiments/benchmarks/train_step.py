@@ -12,23 +12,29 @@ glibc keeps freed memory for the next step, and XLA:CPU's YNNPACK fusions are on
 The PyTorch side is the same architecture written here: grouped convolutions (``groups=2``) for
 ``paper``, ``nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2)`` (PyTorch divides alpha by the
 size, so the paper's 1e-4 is 5e-4 there), dropout 0.5 where the variant has it, the same batch,
-float32, ``torch.optim.SGD(momentum=0.9, weight_decay=5e-4)`` on the kernels (biases not decayed,
-as here). Its input is a float32 batch made once. Its process keeps glibc's defaults unless
-``--torch-keep-host-memory`` gives it our malloc settings too.
+``torch.optim.SGD(momentum=0.9, weight_decay=5e-4)`` on the kernels (biases not decayed, as
+here). Its input is a batch made once. It runs in one or more *settings* (``--torch``), each a row
+of the table: a preset (``eager``: PyTorch's defaults; ``best-cpu``; ``best-gpu``) or flags joined
+by '+' (``cl`` channels-last, ``compile`` / ``autotune`` torch.compile of the forward pass and
+loss in the default / max-autotune mode, ``foreach`` / ``fused`` SGD, ``malloc`` our malloc
+settings). PyTorch at its best is the fastest setting of each run, per variant; the presets are
+what measured fastest here (RESULTS.md, issue 19).
 
-Each framework runs in its own worker process (clean peak memory, no shared thread pools); the
-parent alternates rounds between the two so that load from other processes hits both alike, and
-reports the median round (a round is ``--steps`` steps in a row, waited for after the last).
-Per variant: img/s of both, ratio ours/torch; then the median ratio, the compile time of our
-first step, the peak memory of each (RSS high-water mark minus the RSS after imports; on GPU the
-allocator's peak), and the achieved FLOP/s against a measured matmul peak (bf16 with --half).
+Each side runs in its own worker process (clean peak memory, no shared thread pools); the
+parent alternates rounds between them so that load from other processes hits all alike, and
+reports the median round (a round is ``--steps`` steps in a row, waited for after the last) and
+each round's ratio. Per variant and side: img/s, ratio ours/theirs, the first step's wall time
+(tracing and compiling included, on both sides), the peak memory (RSS high-water mark minus the
+RSS after imports; on GPU the allocator's peak), and the achieved FLOP/s against a measured
+matmul peak (bf16 with --half).
 
-    python experiments/benchmarks/train_step.py                       # CPU, batch 32, 3 variants
-    python experiments/benchmarks/train_step.py --variants owt --repeats 5 --skip-torch
-    python experiments/benchmarks/train_step.py --batch 256 --half --torch-channels-last \\
-        --torch-compile --overlap-compile --peak-size 8192 --steps 20  # on a GPU: gpu.sh
+    python experiments/benchmarks/train_step.py                # CPU, batch 32, 3 variants
+    python experiments/benchmarks/train_step.py --variants owt --torch eager,cl+fused+malloc
+    python experiments/benchmarks/train_step.py --batch 256 --half --torch best-gpu,eager \\
+        --overlap-compile --peak-size 8192 --steps 20  # on a GPU: gpu.sh
 
-Training FLOPs per image are 3x the forward multiply-adds x 2 (alexnet-spec.md's table).
+Training FLOPs: 2 per multiply-add, of the forward pass (alexnet-spec.md's table), the kernel
+gradients and the input gradients, less conv1's input gradient (``train_flops``).
 """
 
 import argparse
@@ -45,6 +51,12 @@ VARIANTS = ('paper', 'single_tower', 'owt')
 IMAGE_SIZE = {'paper': 227, 'single_tower': 227, 'owt': 224}
 # Forward multiply-adds per image (alexnet-spec.md); a training step is ~3x the forward pass.
 FORWARD_MACS = {'paper': 724.4e6, 'single_tower': 1135.3e6, 'owt': 714.2e6}
+# conv1's multiply-adds (55 x 55 outputs x kernels x 11 x 11 x 3), whose input gradient no one runs.
+CONV1_MACS = {
+    'paper': 55 * 55 * 96 * 363,
+    'single_tower': 55 * 55 * 96 * 363,
+    'owt': 55 * 55 * 64 * 363,
+}
 MARK = '@@'  # worker replies on stdout start with this; everything else is passed through
 
 
@@ -175,8 +187,37 @@ def torch_alexnet(variant: str):
     return nn.Sequential(*layers, *head, nn.Linear(4096, 1000))
 
 
+# PyTorch's settings: '+'-joined flags; a preset names a set. A row of the table is one setting.
+TORCH_FLAGS = {
+    'cl': 'channels-last memory format (model and input)',
+    'compile': 'torch.compile of the forward pass and the loss (default mode)',
+    'autotune': 'torch.compile mode="max-autotune": CUDA graphs, autotuned kernels',
+    'foreach': "SGD's foreach implementation (one call per step over all tensors)",
+    'fused': "SGD's fused implementation (one kernel per step)",
+    'malloc': 'our malloc settings (alexnet_jax/xla_cpu.py: freed memory kept for reuse)',
+}
+# PyTorch at its best on each platform (issue 19): the fastest settings measured on each.
+TORCH_PRESETS = {
+    'eager': '',
+    'best-cpu': 'cl+fused+malloc',
+    'best-gpu': 'cl+autotune+fused',
+}
+
+
+def torch_flags(setting: str) -> list[str]:
+    """The flags of a setting (a preset's name, or flags joined by '+'); unknown ones raise."""
+    flags = [f for f in TORCH_PRESETS.get(setting, setting).split('+') if f]
+    unknown = sorted(set(flags) - set(TORCH_FLAGS))
+    if unknown:
+        raise ValueError(
+            f'unknown PyTorch setting(s) {", ".join(unknown)} in {setting!r}; use presets '
+            f'{", ".join(TORCH_PRESETS)} or flags {", ".join(TORCH_FLAGS)} joined by "+"'
+        )
+    return flags
+
+
 class TorchRunner:
-    def __init__(self, args: argparse.Namespace, variant: str):
+    def __init__(self, args: argparse.Namespace, variant: str, flags: list[str]):
         import torch
 
         self.torch = torch
@@ -186,7 +227,7 @@ class TorchRunner:
         torch.backends.cudnn.benchmark = True
         torch.manual_seed(0)
         model = torch_alexnet(variant).to(self.dev)
-        fmt = torch.channels_last if args.torch_channels_last else torch.contiguous_format
+        fmt = torch.channels_last if 'cl' in flags else torch.contiguous_format
         model = model.to(memory_format=fmt)
         kernels = [p for p in model.parameters() if p.ndim > 1]
         biases = [p for p in model.parameters() if p.ndim <= 1]
@@ -194,23 +235,31 @@ class TorchRunner:
             [{'params': kernels, 'weight_decay': 5e-4}, {'params': biases, 'weight_decay': 0.0}],
             lr=0.01,
             momentum=0.9,
+            foreach=True if 'foreach' in flags else None,
+            fused=True if 'fused' in flags else None,
         )
-        self.model = torch.compile(model) if args.torch_compile else model
-        self.model.train()
+        model.train()
+        loss_fn = torch.nn.CrossEntropyLoss()
+
+        def loss_of(images, labels):
+            with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=args.half):
+                return loss_fn(model(images), labels)
+
+        if 'autotune' in flags:
+            loss_of = torch.compile(loss_of, mode='max-autotune')
+        elif 'compile' in flags:
+            loss_of = torch.compile(loss_of)
+        self.loss_of = loss_of
         size = IMAGE_SIZE[variant]
         gen = torch.Generator().manual_seed(0)
         images = torch.randn(args.batch, 3, size, size, generator=gen)
         self.images = images.to(self.dev).contiguous(memory_format=fmt)
         self.labels = torch.randint(0, 1000, (args.batch,), generator=gen).to(self.dev)
-        self.half = args.half
-        self.loss_fn = torch.nn.CrossEntropyLoss()
         self.device = torch.cuda.get_device_name() if self.dev.type == 'cuda' else 'cpu'
 
     def _run(self, wait: bool) -> None:
-        torch = self.torch
         self.opt.zero_grad(set_to_none=True)
-        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.half):
-            loss = self.loss_fn(self.model(self.images), self.labels)
+        loss = self.loss_of(self.images, self.labels)
         loss.backward()
         self.opt.step()
         if wait:
@@ -246,17 +295,17 @@ def worker(args: argparse.Namespace) -> None:
     sys.path.insert(0, ROOT)
     os.chdir(ROOT)
     sys.stdout = sys.stderr  # keep stdout for replies
-    # First thing in the process, as main.py does for a training run. The malloc settings on
-    # our side only, unless asked: PyTorch's default is glibc's default.
+    # First thing in the process, as main.py does for a training run. PyTorch gets our malloc
+    # settings only with the 'malloc' flag: its default is glibc's default.
     from alexnet_jax import runtime, xla_cpu
 
-    keep = args.worker == 'jax' or args.torch_keep_host_memory
     if args.worker == 'jax':
-        keeps_memory = runtime.configure(keep_host_memory=keep).keeps_host_memory
+        keeps_memory = runtime.configure(keep_host_memory=True).keeps_host_memory
+        runner = JaxRunner(args, args.variant)
     else:
-        keeps_memory = xla_cpu.keep_host_memory() if keep else False
-    runner_cls = JaxRunner if args.worker == 'jax' else TorchRunner
-    runner = runner_cls(args, args.variant)
+        flags = torch_flags(args.worker.removeprefix('torch:'))
+        keeps_memory = xla_cpu.keep_host_memory() if 'malloc' in flags else False
+        runner = TorchRunner(args, args.variant, flags)
     _reply({'ready': True, 'device': runner.device, 'keeps_host_memory': keeps_memory})
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -276,12 +325,12 @@ def worker(args: argparse.Namespace) -> None:
 
 
 class Worker:
+    """One framework in its own process: 'jax', or 'torch:SETTING'."""
+
     def __init__(self, kind: str, variant: str, args: argparse.Namespace):
+        self.kind = kind
         cmd = [sys.executable, os.path.abspath(__file__), '--worker', kind, '--variant', variant]
-        cmd += ['--batch', str(args.batch)]
-        cmd += ['--half'] * args.half + ['--torch-channels-last'] * args.torch_channels_last
-        cmd += ['--torch-compile'] * args.torch_compile
-        cmd += ['--torch-keep-host-memory'] * args.torch_keep_host_memory
+        cmd += ['--batch', str(args.batch)] + ['--half'] * args.half
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def read(self) -> dict:
@@ -290,7 +339,7 @@ class Worker:
             if line.startswith(MARK):
                 return json.loads(line[len(MARK) :])
             sys.stdout.write(line)
-        raise RuntimeError(f'worker exited with code {self.proc.wait()}')
+        raise RuntimeError(f'{self.kind} worker exited with code {self.proc.wait()}')
 
     def send(self, **cmd) -> None:
         self.proc.stdin.write(json.dumps(cmd) + '\n')
@@ -301,129 +350,155 @@ class Worker:
         return self.read()
 
     def close(self) -> None:
-        self.proc.stdin.write(json.dumps({'op': 'quit'}) + '\n')
+        self.send(op='quit')
         self.proc.stdin.close()
         self.proc.wait()
 
 
+def train_flops(variant: str, batch: int) -> float:
+    """FLOPs of one training step: forward, kernel gradient and input gradient of every layer
+    (each as many multiply-adds as the forward), less conv1's input gradient, which neither side
+    computes (the images need none)."""
+    return 2 * (3 * FORWARD_MACS[variant] - CONV1_MACS[variant]) * batch
+
+
 def bench_variant(variant: str, args: argparse.Namespace) -> dict:
-    result: dict = {'variant': variant}
-    ours = Worker('jax', variant, args)
-    # With --overlap-compile both workers start and compile their first step at once (saves
-    # minutes of torch.compile on a GPU lease); otherwise PyTorch starts after our first step, so
-    # that our compile time is measured on an idle machine.
-    overlap = args.overlap_compile and not args.skip_torch
-    theirs = Worker('torch', variant, args) if overlap else None
-    ready = ours.read()
-    result['device'], result['keeps_host_memory'] = ready['device'], ready['keeps_host_memory']
-    ours.send(op='first')
-    if not overlap:
-        result['jax_first'] = ours.read()
-    if not args.skip_torch:
-        theirs = theirs or Worker('torch', variant, args)
-        ready = theirs.read()
-        result['torch_device'] = ready['device']
-        result['torch_keeps_host_memory'] = ready['keeps_host_memory']
-        result['torch_first'] = theirs.ask(op='first')
-    if overlap:
-        result['jax_first'] = ours.read()
-    workers = [w for w in (ours, theirs) if w]
+    """Ours and each PyTorch setting on one variant, their timed rounds alternated."""
+    kinds = ['jax'] + [f'torch:{t}' for t in args.torch]
+    # With --overlap-compile every worker starts and compiles its first step at once (saves
+    # minutes of torch.compile on a GPU lease); otherwise each starts after the last one's first
+    # step, so that every first step (compile time) is measured on an otherwise idle machine.
+    rows: dict[str, dict] = {}
+    workers: list[Worker] = []
+    for kind in kinds:
+        workers.append(Worker(kind, variant, args))
+        if not args.overlap_compile:
+            rows[kind] = workers[-1].read()
+            rows[kind]['first'] = workers[-1].ask(op='first')
+    if args.overlap_compile:
+        for w in workers:
+            rows[w.kind] = w.read()
+            w.send(op='first')
+        for w in workers:
+            rows[w.kind]['first'] = w.read()
     for w in workers:
         w.ask(op='steps', n=args.warmup)
-    times: dict[Worker, list[float]] = {w: [] for w in workers}
-    for _ in range(args.repeats):  # alternate, so that outside load hits both alike
+    times: dict[str, list[float]] = {w.kind: [] for w in workers}
+    for _ in range(args.repeats):  # alternate, so that outside load hits all alike
         for w in workers:
-            times[w].append(w.ask(op='steps', n=args.steps)['time'])
-    # Memory before the matmul peak, whose buffers would otherwise count.
-    result['jax_memory'] = ours.ask(op='memory')
-    if theirs:
-        result['torch_memory'] = theirs.ask(op='memory')
-        theirs.close()
-    result['peak_gflops'] = ours.ask(op='peak', size=args.peak_size, repeats=5)['gflops']
-    ours.close()
-    jax_times, torch_times = times[ours], times.get(theirs, [])
-    result['jax_step_s'] = statistics.median(jax_times)
-    result['jax_img_s'] = args.batch / result['jax_step_s']
-    if torch_times:
-        result['torch_step_s'] = statistics.median(torch_times)
-        result['torch_img_s'] = args.batch / result['torch_step_s']
-        result['ratio'] = result['jax_img_s'] / result['torch_img_s']
-    step_flops = 3 * 2 * FORWARD_MACS[variant] * args.batch
-    result['jax_gflops'] = step_flops / result['jax_step_s'] / 1e9
-    if torch_times:
-        result['torch_gflops'] = step_flops / result['torch_step_s'] / 1e9
-    return result
+            times[w.kind].append(w.ask(op='steps', n=args.steps)['time'])
+    for w in workers:  # memory before the matmul peak, whose buffers would otherwise count
+        rows[w.kind]['memory'] = w.ask(op='memory')
+    peak = workers[0].ask(op='peak', size=args.peak_size, repeats=5)['gflops']
+    for w in workers:
+        w.close()
+    flops = train_flops(variant, args.batch)
+    for kind, row in rows.items():
+        row['step_s'] = statistics.median(times[kind])
+        row['step_s_all'] = times[kind]
+        row['img_s'] = args.batch / row['step_s']
+        row['gflops'] = flops / row['step_s'] / 1e9
+        row['pct_peak'] = 100 * row['gflops'] / peak
+        if kind != 'jax':
+            row['flags'] = torch_flags(kind.removeprefix('torch:'))
+            row['ratio'] = rows['jax']['img_s'] / row['img_s']  # ours / theirs
+            # Per round: each round's two times come from the same stretch of load.
+            row['ratio_rounds'] = [t / o for o, t in zip(times['jax'], times[kind], strict=True)]
+    return {
+        'variant': variant,
+        'batch': args.batch,
+        'half': args.half,
+        'peak_gflops': peak,
+        'rows': rows,
+    }
+
+
+def _memory_mib(row: dict) -> float:
+    memory = row['memory']
+    return memory.get('device_peak_mib', memory['peak_rss_delta_mib'])
+
+
+def table(results: list[dict]) -> str:
+    """Markdown: a row per variant and framework setting; ratio = our img/s over the row's."""
+    lines = [
+        '| variant | side | img/s | ours / this | rounds (min-max ratio) | first step s | MiB '
+        '| % of matmul peak |',
+        '|---|---|---:|---:|---|---:|---:|---:|',
+    ]
+    for r in results:
+        for kind, row in r['rows'].items():
+            name = 'ours' if kind == 'jax' else f'PyTorch {kind.removeprefix("torch:")}'
+            if kind != 'jax':
+                name += f' ({"+".join(row["flags"]) or "defaults"})'
+            ratio = rounds = ''
+            if 'ratio' in row:
+                ratio = f'{row["ratio"]:.2f}'
+                rounds = f'{min(row["ratio_rounds"]):.2f}-{max(row["ratio_rounds"]):.2f}'
+            lines.append(
+                f'| {r["variant"]} | {name} | {row["img_s"]:.1f} | {ratio} | {rounds} '
+                f'| {row["first"]["first_step_s"]:.1f} | {_memory_mib(row):.0f} '
+                f'| {row["pct_peak"]:.1f} |'
+            )
+    return '\n'.join(lines)
 
 
 def report(results: list[dict], args: argparse.Namespace) -> None:
-    print()
-    print(f'batch {args.batch}, {"bf16" if args.half else "fp32"}, device: {results[0]["device"]}')
-    print(f'load average at the end: {os.getloadavg()[0]:.2f} (1 min)')
     first = results[0]
-    print(
-        'host memory kept between steps (alexnet_jax/xla_cpu.py): '
-        f'ours {first["keeps_host_memory"]}, torch {first.get("torch_keeps_host_memory")}'
-    )
-    head = f'{"variant":<13}{"ours img/s":>11}{"torch img/s":>12}{"ratio":>7}'
-    head += f'{"compile s":>10}{"ours MiB":>9}{"torch MiB":>10}{"ours %pk":>9}{"torch %pk":>10}'
-    print(head)
+    device = first['rows']['jax']['device']
+    print(f'\nbatch {args.batch}, {"bf16" if args.half else "fp32"}, device: {device}')
+    print(f'load average at the end: {os.getloadavg()[0]:.2f} (1 min)')
+    print(table(results))
     for r in results:
-        line = f'{r["variant"]:<13}{r["jax_img_s"]:>11.2f}'
-        line += f'{r.get("torch_img_s", float("nan")):>12.2f}{r.get("ratio", float("nan")):>7.2f}'
-        line += f'{r["jax_first"]["compile_s"]:>10.1f}'
-        jm, tm = r['jax_memory'], r.get('torch_memory', {})
-        line += f'{jm.get("device_peak_mib", jm["peak_rss_delta_mib"]):>9.0f}'
-        line += f'{tm.get("device_peak_mib", tm.get("peak_rss_delta_mib", float("nan"))):>10.0f}'
-        line += f'{100 * r["jax_gflops"] / r["peak_gflops"]:>9.1f}'
-        line += f'{100 * r.get("torch_gflops", float("nan")) / r["peak_gflops"]:>10.1f}'
-        print(line)
-    for r in results:
+        ours = r['rows']['jax']
         print(
-            f'{r["variant"]}: ours {r["jax_step_s"] * 1e3:.0f} ms/step '
-            f'({r["jax_gflops"]:.1f} GFLOP/s), torch '
-            f'{r.get("torch_step_s", float("nan")) * 1e3:.0f} ms/step '
-            f'({r.get("torch_gflops", float("nan")):.1f} GFLOP/s); matmul peak '
-            f'{r["peak_gflops"]:.1f} GFLOP/s; first step ours '
-            f'{r["jax_first"]["first_step_s"]:.1f} s'
-            f' (XLA compile {r["jax_first"]["compile_s"]:.1f} s), torch '
-            f'{r.get("torch_first", {}).get("first_step_s", float("nan")):.1f} s'
+            f'{r["variant"]}: ours {ours["step_s"] * 1e3:.0f} ms/step, first step '
+            f'{ours["first"]["first_step_s"]:.1f} s (of it XLA backend compile '
+            f'{ours["first"]["compile_s"]:.1f} s); matmul peak {r["peak_gflops"]:.1f} GFLOP/s'
         )
-    ratios = [r['ratio'] for r in results if 'ratio' in r]
-    if ratios:
-        print(f'median ratio (ours/torch): {statistics.median(ratios):.2f}')
-    print('memory: peak RSS minus RSS after imports (device allocator peak on GPU), MiB')
-    print('%pk: achieved FLOP/s (3 x 2 x forward MACs per image) / measured matmul peak')
+    for setting in args.torch:
+        ratios = [r['rows'][f'torch:{setting}']['ratio'] for r in results]
+        print(f'median ratio (ours / PyTorch {setting}): {statistics.median(ratios):.2f}')
+    print(
+        'img/s: median of the rounds; ratio: ours / this side; MiB: peak RSS minus RSS after '
+        'imports (device allocator peak on GPU); % of matmul peak: FLOPs per step (forward, both '
+        "gradients, not conv1's input gradient) per second over the measured matmul peak"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--variants', default=','.join(VARIANTS))
     parser.add_argument('--batch', type=int, default=32)
-    parser.add_argument('--repeats', type=int, default=3, help='alternating rounds')
+    parser.add_argument('--repeats', type=int, default=5, help='alternating rounds')
     parser.add_argument('--steps', type=int, default=2, help='timed steps per round')
     parser.add_argument('--warmup', type=int, default=1, help='untimed steps after the first')
-    parser.add_argument('--skip-torch', action='store_true')
+    parser.add_argument(
+        '--torch',
+        default='best-cpu,eager',
+        help='PyTorch settings to run, comma-separated: presets '
+        f'{", ".join(f"{k} ({v or chr(34) * 2})" for k, v in TORCH_PRESETS.items())}, or flags '
+        f'{", ".join(TORCH_FLAGS)} joined by "+"; empty: ours only',
+    )
     parser.add_argument('--half', action='store_true', help='bfloat16 compute (both)')
-    parser.add_argument('--torch-channels-last', action='store_true')
-    parser.add_argument('--torch-compile', action='store_true')
     parser.add_argument(
         '--overlap-compile',
         action='store_true',
-        help='start both workers and compile their first steps at the same time',
-    )
-    parser.add_argument(
-        '--torch-keep-host-memory',
-        action='store_true',
-        help="give PyTorch's worker the malloc settings ours gets (alexnet_jax/xla_cpu.py)",
+        help='start every worker and compile their first steps at the same time',
     )
     parser.add_argument('--peak-size', type=int, default=2048, help='n of the n^3 matmul')
     parser.add_argument('--json', help='also write the results here')
-    parser.add_argument('--worker', choices=('jax', 'torch'), help=argparse.SUPPRESS)
+    parser.add_argument('--worker', help=argparse.SUPPRESS)
     parser.add_argument('--variant', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)
         return
+    args.torch = [t for t in args.torch.split(',') if t]
+    for setting in args.torch:
+        try:
+            torch_flags(setting)
+        except ValueError as e:
+            parser.error(str(e))
     variants = [v for v in args.variants.split(',') if v]
     for v in variants:
         if v not in VARIANTS:
@@ -433,10 +508,10 @@ def main() -> None:
     start = time.perf_counter()
     for v in variants:
         results.append(bench_variant(v, args))
-        r = results[-1]
+        rates = ', '.join(f'{k} {row["img_s"]:.2f}' for k, row in results[-1]['rows'].items())
         print(
-            f'{v}: ours {r["jax_img_s"]:.2f} img/s, torch {r.get("torch_img_s", float("nan")):.2f}'
-            f' img/s, load {os.getloadavg()[0]:.2f}, {time.perf_counter() - start:.0f} s so far',
+            f'{v}: img/s {rates}; load {os.getloadavg()[0]:.2f}, '
+            f'{time.perf_counter() - start:.0f} s so far',
             flush=True,
         )
         if args.json:  # after each variant, so that a run cut short keeps what it measured
