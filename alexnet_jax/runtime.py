@@ -30,9 +30,10 @@ class Settings:
 def configure(*, keep_host_memory: bool = False) -> Settings:
     """Sets this process up as a training run has it; call before JAX or TensorFlow start.
 
-    - XLA:CPU's YNNPACK fusions for convolutions and matrix products (only where JAX runs on
-      the CPU; a value the user set in ``XLA_FLAGS`` is kept). XLA reads its flags once, when
-      JAX starts its first backend, so a later call no longer changes JAX.
+    - XLA:CPU's YNNPACK fusions for convolutions and matrix products, and its memory-optimized
+      scheduler (only where JAX runs on the CPU; a value the user set in ``XLA_FLAGS`` is
+      kept). XLA reads its flags once, when JAX starts its first backend, so a later call no
+      longer changes JAX.
     - TensorFlow's C++ logs at errors only (a value the user set is kept), and TensorFlow
       imported once with its start-up lines dropped: TensorFlow 2.21 prints "oneDNN custom
       operations are on" at import on some CPUs whatever ``TF_CPP_MIN_LOG_LEVEL`` says
@@ -44,7 +45,7 @@ def configure(*, keep_host_memory: bool = False) -> Settings:
     """
     on_cpu = xla_cpu.runs_on_cpu()
     os.environ.setdefault(TF_LOG_LEVEL_ENV, '2')
-    xla_cpu.set_ynn_flag()
+    xla_cpu.set_xla_flags()
     keeps = xla_cpu.keep_host_memory() if keep_host_memory else False
     _import_tensorflow_quietly()
     if not on_cpu:

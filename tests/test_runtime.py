@@ -85,17 +85,24 @@ def _configure(extra_env: dict[str, str]) -> dict:
 
 
 def test_configure_sets_the_cpu_flags_and_keeps_the_users_own():
+    ours = f'{xla_cpu.YNN_FLAG}=dot {xla_cpu.SCHEDULER_FLAG}=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'
     plain = _configure({})
-    assert plain == {'xla': f'{xla_cpu.YNN_FLAG}=dot', 'tf': '2', 'ynn': True, 'on_cpu': True}
-    # A user's own values are kept: their XLA flags (the YNN flag added), their TF log level,
-    # and an explicit choice of the YNN fusions.
+    assert plain == {'xla': ours, 'tf': '2', 'ynn': True, 'on_cpu': True}
+    # A user's own values are kept: their XLA flags (ours added), their TF log level, and an
+    # explicit choice of the YNN fusions or of the scheduler.
     mine = _configure(
         {'XLA_FLAGS': '--xla_cpu_enable_fast_math=false', 'TF_CPP_MIN_LOG_LEVEL': '0'}
     )
-    assert mine['xla'] == f'--xla_cpu_enable_fast_math=false {xla_cpu.YNN_FLAG}=dot'
+    assert mine['xla'] == f'--xla_cpu_enable_fast_math=false {ours}'
     assert mine['tf'] == '0'
     off = _configure({'XLA_FLAGS': f'{xla_cpu.YNN_FLAG}='})
-    assert off['xla'] == f'{xla_cpu.YNN_FLAG}='
+    assert off['xla'] == f'{xla_cpu.YNN_FLAG}= {xla_cpu.SCHEDULER_FLAG}=' + (
+        'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'
+    )
+    default_scheduler = f'{xla_cpu.SCHEDULER_FLAG}=CPU_SCHEDULER_TYPE_DEFAULT'
+    assert _configure({'XLA_FLAGS': default_scheduler})['xla'] == (
+        f'{default_scheduler} {xla_cpu.YNN_FLAG}=dot'
+    )
 
 
 @pytest.mark.parametrize('platform', ['cuda', 'tpu'])

@@ -471,7 +471,7 @@ def main() -> None:
     parser.add_argument('--batch', type=int, default=32)
     parser.add_argument('--repeats', type=int, default=5, help='alternating rounds')
     parser.add_argument('--steps', type=int, default=2, help='timed steps per round')
-    parser.add_argument('--warmup', type=int, default=1, help='untimed steps after the first')
+    parser.add_argument('--warmup', type=int, default=2, help='untimed steps after the first')
     parser.add_argument(
         '--torch',
         default='best-cpu,eager',

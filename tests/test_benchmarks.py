@@ -1,0 +1,94 @@
+"""The benchmarks' own arithmetic and bookkeeping (experiments/benchmarks/), without timing."""
+
+import json
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from alexnet_jax import models
+from experiments.benchmarks import run_all, train_step
+
+
+def _macs_from_model(variant: str) -> tuple[float, float]:
+    """Forward multiply-adds of one image, and conv1's, counted from the built model's kernels
+    and its layers' output shapes (a second path to the constants the benchmark uses)."""
+    size = train_step.IMAGE_SIZE[variant]
+    model = models.variant(variant, backend='cpu')
+    images = jnp.zeros((1, size, size, 3))
+    variables = model.init(jax.random.key(0), images, train=False)
+    _, state = model.apply(variables, images, train=False, capture_intermediates=True)
+    outputs = flax.traverse_util.flatten_dict(state['intermediates'])
+    kernels = flax.traverse_util.flatten_dict(variables['params'])
+    total = conv1 = 0.0
+    for path, kernel in kernels.items():
+        if path[-1] != 'kernel':
+            continue
+        (out,) = outputs[(*path[:-1], '__call__')]
+        # Each output element is a dot product over the kernel's fan-in.
+        macs = np.prod(out.shape[1:]) * np.prod(kernel.shape[:-1])
+        total += macs
+        conv1 = macs if path[0] == 'conv1' else conv1
+    return total, conv1
+
+
+@pytest.mark.parametrize('variant', train_step.VARIANTS)
+def test_flop_count_matches_the_model(variant):
+    total, conv1 = _macs_from_model(variant)
+    assert train_step.FORWARD_MACS[variant] == pytest.approx(total, rel=1e-3)
+    assert train_step.CONV1_MACS[variant] == conv1
+    # Forward, input gradient and kernel gradient, each as many multiply-adds, 2 FLOPs each;
+    # the images get no gradient.
+    expected = 2 * 8 * (total + total + (total - conv1))
+    assert train_step.train_flops(variant, 8) == pytest.approx(expected, rel=1e-3)
+
+
+def test_torch_settings_expand_presets_and_refuse_unknown_flags():
+    assert train_step.torch_flags('eager') == []
+    assert train_step.torch_flags('best-cpu') == train_step.TORCH_PRESETS['best-cpu'].split('+')
+    assert train_step.torch_flags('cl+fused') == ['cl', 'fused']
+    with pytest.raises(
+        ValueError, match=r"unknown PyTorch setting\(s\) cudagraph in 'cl\+cudagraph'.*flags cl"
+    ):
+        train_step.torch_flags('cl+cudagraph')
+
+
+def _run(rates: dict[str, list[float]], memory: dict[str, float]) -> list[dict]:
+    """A train_step JSON of one variant: per side, the img/s of each round."""
+    ours = rates['jax']
+    rows = {}
+    for kind, rounds in rates.items():
+        row = {
+            'img_s': float(np.median(rounds)),
+            'memory': {'peak_rss_delta_mib': memory[kind]},
+            'flags': kind.removeprefix('torch:').split('+') if kind != 'jax' else None,
+        }
+        if kind != 'jax':
+            row['ratio'] = row['img_s'] and float(np.median(ours)) / row['img_s']
+            row['ratio_rounds'] = [o / t for o, t in zip(ours, rounds, strict=True)]
+        rows[kind] = row
+    return [{'variant': 'owt', 'rows': rows}]
+
+
+def test_summary_compares_with_the_fastest_setting_over_runs(tmp_path):
+    memory = {'jax': 1000.0, 'torch:eager': 900.0, 'torch:cl+fused': 950.0}
+    runs = [  # cl+fused is faster in two runs of three: it is PyTorch at its best
+        {'jax': [60, 62, 61], 'torch:eager': [40, 41, 42], 'torch:cl+fused': [70, 71, 72]},
+        {'jax': [50, 52, 51], 'torch:eager': [55, 56, 57], 'torch:cl+fused': [54, 53, 52]},
+        {'jax': [58, 60, 59], 'torch:eager': [30, 31, 32], 'torch:cl+fused': [66, 65, 64]},
+    ]
+    paths = []
+    for k, rates in enumerate(runs):
+        paths.append(tmp_path / f'run{k}.json')
+        paths[-1].write_text(json.dumps(_run(rates, memory)))
+    table = run_all.train_step_summary([str(p) for p in paths])
+    row = next(line for line in table.splitlines() if line.startswith('| owt'))
+    cells = [c.strip() for c in row.strip('|').split('|')]
+    assert cells[2] == 'cl+fused'
+    ratios = [59 / 65, 51 / 53, 61 / 71]  # each run's median over its rounds
+    assert cells[4] == (f'{np.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})')
+    every_round = [o / t for r in runs for o, t in zip(r['jax'], r['torch:cl+fused'], strict=True)]
+    assert cells[5] == f'{min(every_round):.2f}-{max(every_round):.2f}'
+    assert cells[1].startswith('59.0 (51.0-61.0)')
