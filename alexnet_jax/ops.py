@@ -41,11 +41,11 @@ def dense(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """``x @ kernel`` for ``x`` [batch, in] and ``kernel`` [in, out], as ``nn.Dense`` computes it.
 
     On XLA:CPU the forward product is written as a 1x1 convolution. YNNPACK runs ``x @ kernel``
-    with a small batch and a large kernel at half the speed of XLA's Eigen product (fc6 of
-    `owt`, batch 32: 37 against 18 ms), while it runs the backward products fast (dx 16,
-    dkernel 14 ms; Eigen: 100, 14). XLA turns the 1x1 convolution into a dot after YNNPACK has
-    claimed its dots, so the forward goes to Eigen; the custom gradient keeps the backward in
-    YNNPACK (JAX 0.10.2).
+    with a small batch and a large kernel at about half the speed of XLA's Eigen product, while
+    it runs the backward products fast (Eigen is several times slower at ``dx``). XLA turns the
+    1x1 convolution into a dot after YNNPACK has claimed its dots, so the forward goes to Eigen;
+    the custom gradient keeps the backward in YNNPACK (JAX 0.10.2). fc6-8 then take half the
+    time of PyTorch's (``experiments/logs/2026-12-03-vm-issue19/layers.log``).
     """
     return _dense(x, kernel)
 
@@ -113,11 +113,12 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: str = 'VALID') -> 
     Same values and the same gradient as ``nn.max_pool`` (all of it to the first maximum of each
     window, in row-major order, as XLA's select_and_scatter does). Autodiff of reduce_window
     goes through select_and_scatter, which XLA runs slowly on CPU and GPU; here the backward
-    pass records which of the window's taps won and scatters the cotangent phase by phase.
-    fwd+bwd in a loss, against autodiff:
-    - XLA:CPU, pool1 32x55x55x96 fp32: 84 against 132 ms (JAX 0.10.2, YNNPACK fusions on);
-    - H200, bf16, batch 256: pool1 0.37 against 0.70 ms, pool2 0.16 against 0.44 ms, and the
-      whole training step 9.2 against 10.5 ms for `paper`, 5.2 against 6.0 for `owt` (JAX 0.11.2).
+    pass records which of the window's taps won and scatters the cotangent phase by phase. On
+    XLA:CPU (batch 32, fp32, 2 cores, JAX 0.10.2, YNNPACK fusions on) a pool's forward and
+    backward take 2.1-2.9x less time than autodiff's, and the whole training step 3-7% less
+    (``experiments/logs/2026-12-03-vm-issue19/max_pool.log``; ``experiments/benchmarks/
+    max_pool.py`` measures it on any backend). GPUs use it too: an H200 run measured it faster
+    there (experiments/RESULTS.md, issue 7; that run's log was pasted, not kept).
     Other backends (TPU: not measured) keep autodiff (:func:`plain_max_pool`).
     """
     if padding != 'VALID':

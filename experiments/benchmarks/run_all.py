@@ -35,6 +35,7 @@ BENCHMARKS = {
     'record_formats': ('record_formats', []),
     'end_to_end': ('end_to_end', ['--json', '{json}']),
     'seeds_vmap': ('seeds_vmap', ['--json', '{json}']),
+    'kernel_candidates': ('kernel_candidates', []),
     # PyTorch's defaults, and its settings that measured fastest on CPU with and without
     # torch.compile: the fastest of them per variant is PyTorch at its best (issue 19).
     'train_step': (
