@@ -207,7 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     repo = os.path.abspath(args.repo)
     record = machine_record(repo)
+    # A folder may hold several sittings (other labels, or --only another benchmark later):
+    # never overwrite an earlier sitting's record.
     machine_path = os.path.join(args.out, f'{args.label}machine.json')
+    sitting = 1
+    while os.path.exists(machine_path):
+        sitting += 1
+        machine_path = os.path.join(args.out, f'{args.label}machine-{sitting}.json')
     for name in names:
         stems = [f'{args.label}{name}']
         if name in REPEATED and args.runs > 1:
