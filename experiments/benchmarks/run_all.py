@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 
+from experiments.benchmarks.train_step import memory_mib
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 
 # name -> arguments of experiments/benchmarks/<script>.py; '{json}' becomes the JSON path.
@@ -165,8 +167,8 @@ def train_step_summary(paths: list[str]) -> str:
             f'| {_median_range([rows[best]["ratio"] for rows in per_run])} '
             f'| {min(rounds):.2f}-{max(rounds):.2f} '
             f'| {vs_eager} '
-            f'| {_median_range([_memory(rows["jax"]) for rows in per_run], ".0f")} '
-            f'| {_median_range([_memory(rows[best]) for rows in per_run], ".0f")} |'
+            f'| {_median_range([memory_mib(rows["jax"]) for rows in per_run], ".0f")} '
+            f'| {_median_range([memory_mib(rows[best]) for rows in per_run], ".0f")} |'
         )
     return '\n'.join(lines)
 
@@ -174,11 +176,6 @@ def train_step_summary(paths: list[str]) -> str:
 def _setting_name(kind: str, flags: list[str]) -> str:
     name, spelled = kind.removeprefix('torch:'), '+'.join(flags) or 'defaults'
     return name if name == spelled else f'{name} ({spelled})'
-
-
-def _memory(row: dict) -> float:
-    memory = row['memory']
-    return memory.get('device_peak_mib', memory['peak_rss_delta_mib'])
 
 
 def markdown_of(log_path: str) -> str:

@@ -413,7 +413,8 @@ def bench_variant(variant: str, args: argparse.Namespace) -> dict:
     }
 
 
-def _memory_mib(row: dict) -> float:
+def memory_mib(row: dict) -> float:
+    """A side's peak memory: the device allocator's on a GPU, else the host's RSS."""
     memory = row['memory']
     return memory.get('device_peak_mib', memory['peak_rss_delta_mib'])
 
@@ -436,7 +437,7 @@ def table(results: list[dict]) -> str:
                 rounds = f'{min(row["ratio_rounds"]):.2f}-{max(row["ratio_rounds"]):.2f}'
             lines.append(
                 f'| {r["variant"]} | {name} | {row["img_s"]:.1f} | {ratio} | {rounds} '
-                f'| {row["first"]["first_step_s"]:.1f} | {_memory_mib(row):.0f} '
+                f'| {row["first"]["first_step_s"]:.1f} | {memory_mib(row):.0f} '
                 f'| {row["pct_peak"]:.1f} |'
             )
     return '\n'.join(lines)
