@@ -118,7 +118,7 @@ _tap_winner_pool.defvjp(_tap_winner_fwd, _tap_winner_bwd)
 
 
 def tap_winner_max_pool(x: jax.Array, window: int, stride: int, padding: str = 'VALID'):
-    assert padding == 'VALID', 'the candidate covers the models pools only'
+    assert padding == 'VALID', "the candidate covers the model's VALID pools only"
     return _tap_winner_pool(x, window, stride)
 
 
