@@ -8,17 +8,14 @@ PyTorch's CPU step is ahead of ours on conv1 and on the max-pools (``layers.py``
 - max-pool: the forward pass as a maximum over the window's taps that also records the winning
   tap (an argmax over the stacked taps, int8, the only residual), the backward pass one strided
   pad per tap, summed. Timed alone (forward + backward, checked equal to ``ops.max_pool``) and
-  inside the whole training step, where the model gets the backend's kernels
-  (``layers.kernels_for``) with ``max_pool`` swapped, alternating with the unchanged step.
+  inside the whole training step (``max_pool.step_times``), alternating with the unchanged step.
 
     python experiments/benchmarks/kernel_candidates.py [--batch 32] [--repeats 9]
 """
 
 import argparse
-import dataclasses
 import functools
 import os
-import statistics
 import sys
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
@@ -32,8 +29,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from alexnet_jax import layers, ops  # noqa: E402
-from experiments.benchmarks import train_step  # noqa: E402
+from alexnet_jax import ops  # noqa: E402
+from experiments.benchmarks import max_pool  # noqa: E402
 from experiments.benchmarks.lrn import time_call  # noqa: E402
 
 DIMS = ('NHWC', 'HWIO', 'NHWC')
@@ -122,6 +119,13 @@ def tap_winner_max_pool(x: jax.Array, window: int, stride: int, padding: str = '
     return _tap_winner_pool(x, window, stride)
 
 
+CONV1_VERSIONS = (
+    ('lax', lax_conv),
+    ('space_to_depth', space_to_depth_conv),
+    ('patches', patch_conv),
+)
+
+
 def _ready(fn, *args):
     return jax.block_until_ready(fn(*args))
 
@@ -134,9 +138,7 @@ def conv1_rows(args: argparse.Namespace, rng: np.random.Generator) -> None:
         w = jnp.asarray(0.01 * rng.normal(size=(11, 11, 3, features)), jnp.float32)
         reference = lax_conv(x, w, 4, pad)
         g = jnp.asarray(rng.normal(size=reference.shape), jnp.float32)
-        for name, conv in (('lax', lax_conv), ('space_to_depth', space_to_depth_conv)) + (
-            ('patches', patch_conv),
-        ):
+        for name, conv in CONV1_VERSIONS:
             fwd = jax.jit(lambda x, w, conv=conv, pad=pad: conv(x, w, 4, pad))
             dw = jax.jit(
                 lambda x, w, g, conv=conv, pad=pad: jax.vjp(lambda w: conv(x, w, 4, pad), w)[1](g)
@@ -175,25 +177,10 @@ def pool_rows(args: argparse.Namespace, rng: np.random.Generator) -> None:
 def step_rows(args: argparse.Namespace) -> None:
     print('\n| training step, batch 32 | ms with ops.max_pool | with the candidate | ratio |')
     print('|---|---:|---:|---:|')
-    kernels_for = layers.kernels_for
+    pools = {'ops': ops.max_pool, 'candidate': tap_winner_max_pool}
     for variant in ('owt', 'paper'):
-        runners = {}
-        for name, pool in (('ops', ops.max_pool), ('candidate', tap_winner_max_pool)):
-            # Read by models.create_model, in the runner's constructor.
-            layers.kernels_for = lambda backend, pool=pool: dataclasses.replace(
-                kernels_for(backend), max_pool=pool
-            )
-            try:
-                runners[name] = train_step.JaxRunner(args, variant)
-            finally:
-                layers.kernels_for = kernels_for
-            runners[name]._run(wait=True)
-        times = {name: [] for name in runners}
-        for _ in range(args.repeats):
-            for name, runner in runners.items():
-                runner._run(wait=True)
-                times[name].append(1e3 * train_step.timed_steps(runner, 2)['time'])
-        a, b = statistics.median(times['ops']), statistics.median(times['candidate'])
+        ms = max_pool.step_times(variant, args, pools)
+        a, b = ms['ops'], ms['candidate']
         print(f'| {variant} | {a:.0f} | {b:.0f} | {a / b:.2f} |', flush=True)
 
 
@@ -202,7 +189,7 @@ def main() -> None:
     parser.add_argument('--batch', type=int, default=32)
     parser.add_argument('--repeats', type=int, default=9)
     args = parser.parse_args()
-    args.half = False  # read by train_step.JaxRunner
+    args.half, args.steps = False, 2  # read by max_pool.step_times
     rng = np.random.default_rng(0)
     print(f'{jax.devices()[0].device_kind}, batch {args.batch}, float32; median ms')
     conv1_rows(args, rng)

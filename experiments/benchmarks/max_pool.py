@@ -62,10 +62,15 @@ def bench_pools(variant: str, args: argparse.Namespace, dtype) -> None:
         print(f'| {label} | {b:.3f} | {a:.3f} | {b / a:.2f} |', flush=True)
 
 
-def bench_steps(variant: str, args: argparse.Namespace) -> None:
+def step_times(variant: str, args: argparse.Namespace, pools: dict) -> dict[str, float]:
+    """Median ms of ``train_step.py``'s JAX step for each named max-pool, rounds alternated.
+
+    Each step's model gets the backend's kernels (``layers.kernels_for``) with ``max_pool``
+    swapped for the named one; ``args`` needs ``batch``, ``half`` and ``steps``/``repeats``.
+    """
     runners = {}
     kernels_for = layers.kernels_for
-    for name, pool in (('ours', ops.max_pool), ('autodiff', autodiff_pool)):
+    for name, pool in pools.items():
         # Read by models.create_model, in the runner's constructor.
         layers.kernels_for = lambda backend, pool=pool: dataclasses.replace(
             kernels_for(backend), max_pool=pool
@@ -79,9 +84,14 @@ def bench_steps(variant: str, args: argparse.Namespace) -> None:
     times = {name: [] for name in runners}
     for _ in range(args.repeats):
         for name, runner in runners.items():
-            runner._run(wait=True)  # one untimed step between the two versions
+            runner._run(wait=True)  # one untimed step between the versions
             times[name].append(1e3 * train_step.timed_steps(runner, args.steps)['time'])
-    a, b = statistics.median(times['ours']), statistics.median(times['autodiff'])
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def bench_steps(variant: str, args: argparse.Namespace) -> None:
+    ms = step_times(variant, args, {'ours': ops.max_pool, 'autodiff': autodiff_pool})
+    a, b = ms['ours'], ms['autodiff']
     print(f'| {variant} training step | {b:.2f} | {a:.2f} | {b / a:.2f} |', flush=True)
 
 
