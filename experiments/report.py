@@ -336,6 +336,11 @@ def build_report(sweep_dir: str, targets: Sequence[float] | None = None, plots: 
     if options.get('claims'):
         claim_text, _ = claims_section(list(options['claims']), records, targets)
         lines += claim_text
+    reused = [r for r in records if r.reused_from]
+    if reused:
+        lines += ['Runs copied from another sweep where the same config finished (`--reuse`):', '']
+        lines += [f'- `{r.name}` from `{r.reused_from}`' for r in reused]
+        lines.append('')
     failed = [r for r in records if r.status == 'failed']
     if failed:
         lines += ['### Failed runs', '']

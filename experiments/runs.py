@@ -41,6 +41,7 @@ class RunRecord:
     train: list[dict[str, float]] = dataclasses.field(default_factory=list)  # train log lines
     evals: list[dict[str, float]] = dataclasses.field(default_factory=list)  # evaluation lines
     error: str = ''
+    reused_from: str | None = None  # the other sweep's run it was copied from (sweep --reuse)
 
     @property
     def group(self) -> tuple:
@@ -106,7 +107,7 @@ def _run_entries(sweep_dir: str) -> list[dict[str, Any]]:
     known = {e['name'] for e in entries}
     for name in sorted(os.listdir(sweep_dir)):
         workdir = os.path.join(sweep_dir, name)
-        if name in known or not os.path.isdir(workdir):
+        if name in known or name.endswith(sweep_lib.COPYING) or not os.path.isdir(workdir):
             continue
         run_json = os.path.join(workdir, sweep_lib.RUN_JSON)
         if os.path.exists(run_json):
@@ -134,6 +135,9 @@ def collect(sweep_dir: str) -> list[RunRecord]:
         )
         if os.path.exists(results):
             record.status, record.results = 'done', read_json(results)
+            reused = os.path.join(workdir, sweep_lib.REUSED_JSON)
+            if os.path.exists(reused):
+                record.reused_from = read_json(reused)['from']
         elif os.path.exists(failed):
             record.status, record.error = 'failed', read_json(failed).get('error', '?')
         records.append(record)

@@ -23,6 +23,11 @@ with ``results.json`` is skipped, a half-finished one resumes from its own check
 one gets ``failed.json`` (error and traceback) while the sweep goes on to the next run. Adding seeds
 or grid values to a finished sweep runs only the new runs; run names do not include the budget, so
 after changing it use a new DIR (a finished run whose config differs is kept, with a warning).
+
+Sweeps that share an arm (the baseline of two ablations) train it once: with ``--reuse OTHER_DIR``
+a run not yet started here whose whole config (seed included) equals a finished run's under
+OTHER_DIR is copied from there (checkpoints left behind) with ``reused.json`` naming the source,
+and the report lists it.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import sys
 import time
 import traceback
@@ -50,6 +56,8 @@ SWEEP_JSON = 'sweep.json'  # the sweep's definition, for experiments.report
 RUN_JSON = 'run.json'  # a run's overrides and seed
 FAILED_JSON = 'failed.json'
 RESULTS_JSON = 'results.json'
+REUSED_JSON = 'reused.json'  # a run copied from another sweep's identical run: its source
+COPYING = '.copying'  # suffix of a reused run's directory while it is being copied
 
 log = logging.getLogger('experiments.sweep')
 
@@ -240,8 +248,47 @@ def _write_json(path: str, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def execute(runs: list[Run], sweep_dir: str) -> dict[str, str]:
-    """Runs every unfinished run in order; returns name -> done | skipped | failed | stopped."""
+def find_finished_twin(run: Run, other_dirs: Sequence[str]) -> str | None:
+    """A finished run under one of ``other_dirs`` with exactly ``run``'s config, if any."""
+    wanted = json.loads(run.config.to_json_best_effort())
+    for other in other_dirs:
+        for entry in sorted(os.listdir(other)):
+            workdir = os.path.join(other, entry)
+            if entry.endswith(COPYING):
+                continue
+            config = os.path.join(workdir, 'config.json')
+            if not os.path.exists(os.path.join(workdir, RESULTS_JSON)) or not os.path.exists(
+                config
+            ):
+                continue
+            with open(config) as f:
+                if json.load(f) == wanted:
+                    return workdir
+    return None
+
+
+def reuse_run(run: Run, source: str, sweep_dir: str) -> None:
+    """Copies the finished ``source`` (all but its checkpoints) in as ``run``, saying so.
+
+    The copy is made beside the run's directory and renamed into place, so a copy cut short
+    leaves no run that looks finished (a stale one is replaced on the next try).
+    """
+    workdir = run.workdir(sweep_dir)
+    partial = workdir + COPYING
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial, ignore=shutil.ignore_patterns('checkpoints'))
+    _write_json(
+        os.path.join(partial, RUN_JSON),
+        {'name': run.name, 'overrides': run.overrides, 'seed': run.seed},
+    )
+    _write_json(os.path.join(partial, REUSED_JSON), {'from': os.path.abspath(source)})
+    os.rename(partial, workdir)
+
+
+def execute(runs: list[Run], sweep_dir: str, reuse: Sequence[str] = ()) -> dict[str, str]:
+    """Runs every unfinished run in order; returns name -> done | skipped | reused | failed |
+    stopped. A run not started yet whose config matches a finished one under ``reuse`` is
+    copied instead of trained."""
     from alexnet_jax import runtime
 
     runtime.configure()  # before JAX starts: the settings alexnet_jax.main gives a run
@@ -254,6 +301,14 @@ def execute(runs: list[Run], sweep_dir: str) -> dict[str, str]:
             log.info('[%d/%d] %s: finished before, skipped.', i, len(runs), run.name)
             _warn_if_config_changed(run, workdir)
             outcome[run.name] = 'skipped'
+            continue
+        twin = find_finished_twin(run, reuse) if reuse and not os.path.exists(workdir) else None
+        if twin:
+            reuse_run(run, twin, sweep_dir)
+            log.info(
+                '[%d/%d] %s: the same config finished in %s; copied.', i, len(runs), run.name, twin
+            )
+            outcome[run.name] = 'reused'
             continue
         os.makedirs(workdir, exist_ok=True)
         failed = os.path.join(workdir, FAILED_JSON)
@@ -375,10 +430,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         '--write-scripts', action='store_true', help='write run_all.sh and a SLURM array'
     )
+    parser.add_argument(
+        '--reuse',
+        action='append',
+        default=[],
+        metavar='OTHER_DIR',
+        help="copy a run from another sweep's directory where it finished with the same config",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
     logging.getLogger('absl').setLevel(logging.WARNING)  # orbax's per-save chatter
     try:
+        missing = [d for d in args.reuse if not os.path.isdir(d)]
+        if missing:
+            raise SweepError(f"--reuse {missing[0]}: no such directory (a finished sweep's DIR).")
         sweep = load_sweep(args.sweep)
         runs = build_runs(sweep)
     except SweepError as error:
@@ -394,10 +459,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in write_scripts(sweep, runs, args.workdir):
             print(path)
         return 0
-    outcome = execute(runs, args.workdir)
-    counts = {k: sum(v == k for v in outcome.values()) for k in ('done', 'skipped', 'failed')}
+    outcome = execute(runs, args.workdir, args.reuse)
+    kinds = ('done', 'skipped', 'reused', 'failed')
+    counts = {k: sum(v == k for v in outcome.values()) for k in kinds}
     print(
         f'Sweep {sweep.name}: {counts["done"]} run, {counts["skipped"]} skipped (finished before), '
+        f'{counts["reused"]} copied from --reuse, '
         f'{counts["failed"]} failed, of {len(runs)}. Report: python -m experiments.report '
         f'{args.workdir}'
     )

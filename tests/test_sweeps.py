@@ -144,6 +144,75 @@ def test_a_failed_run_is_recorded_the_sweep_goes_on_and_the_report_lists_it(tmp_
     ]
 
 
+def open_text(path):
+    with open(path) as f:
+        return f.read()
+
+
+def _recording_training():
+    """Stands in for train_and_evaluate: writes config.json, a checkpoint dir and results."""
+    calls = []
+
+    def fake(config, workdir):
+        calls.append(os.path.basename(workdir))
+        os.makedirs(os.path.join(workdir, 'checkpoints', '4'))
+        with open(os.path.join(workdir, 'config.json'), 'w') as f:
+            f.write(config.to_json_best_effort())
+        results = {'step': 4, 'eval_top1_error': 0.1 + config.seed, 'images_per_sec': 1.0}
+        with open(os.path.join(workdir, 'results.json'), 'w') as f:
+            json.dump(results, f)
+        return results
+
+    return fake, calls
+
+
+def test_a_shared_arm_is_copied_from_another_sweep_where_its_config_finished(
+    tmp_path, monkeypatch, capsys
+):
+    fake, calls = _recording_training()
+    monkeypatch.setattr(train, 'train_and_evaluate', fake)
+    first = write_sweep(tmp_path, {'dropout_rate': [0.5, 0.0]}, [0, 1])
+    first_dir = str(tmp_path / 'first')
+    assert sweep.main(['--sweep', first, '--workdir', first_dir]) == 0
+    assert len(calls) == 4
+
+    # The second sweep names the same baseline with another field set to its default value
+    # (random_flip is True in configs/fashion_mnist.py): same config, so copied, not trained.
+    # Seed 2 and the other arm have no twin and train; a copy cut short before is redone.
+    calls.clear()
+    second = tmp_path / 'second.py'
+    text = open_text(write_sweep(tmp_path, [{'random_flip': True}, {'random_flip': False}], [0, 2]))
+    second.write_text(text.replace("'synthetic',", "'synthetic', 'dropout_rate': 0.5,"))
+    second_dir = tmp_path / 'second'
+    stale = second_dir / ('random_flip=True__seed=0' + sweep.COPYING)
+    stale.mkdir(parents=True)
+    (stale / 'results.json').write_text('{}')
+    argv = ['--sweep', str(second), '--workdir', str(second_dir), '--reuse', first_dir]
+    assert sweep.main(argv) == 0
+    assert sorted(calls) == [
+        'random_flip=False__seed=0',
+        'random_flip=False__seed=2',
+        'random_flip=True__seed=2',
+    ]
+    assert '1 copied from --reuse' in capsys.readouterr().out
+    copied = second_dir / 'random_flip=True__seed=0'
+    source = os.path.join(first_dir, 'dropout_rate=0.5__seed=0')
+    assert _json(copied, 'reused.json') == {'from': os.path.abspath(source)}
+    assert _json(copied, 'results.json') == _json(source, 'results.json')
+    assert _json(copied, 'run.json')['overrides'] == {'random_flip': True}
+    assert not (copied / 'checkpoints').exists() and not stale.exists()
+
+    text = report.build_report(str(second_dir), targets=[0.5])
+    assert f'- `random_flip=True__seed=0` from `{os.path.abspath(source)}`' in text
+    assert '| True | 2 |' in text  # the copy and the trained seed 2, one group
+
+    # Rerun: everything finished, nothing copied or trained again.
+    calls.clear()
+    assert sweep.main(argv) == 0 and calls == []
+    assert sweep.main([*argv[:4], '--reuse', str(tmp_path / 'nowhere')]) == 2
+    assert 'nowhere: no such directory' in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     'grid, budget, message',
     [

@@ -6,7 +6,8 @@
 
 Protocol: the quick start trained for 15 epochs (dropout on), 2 settings x 5 seeds. On: pad by 2
 to 32x32, a random 28x28 crop, half the images mirrored (the small-image form of the paper's
-random 224 crops of 256 images). Off: the centre crop (the image itself), no mirroring. The
+random 224 crops of 256 images). Off: the centre crop (the image itself), no mirroring. The on
+arm is the dropout sweep's dropout arm (the same config), copied from there (sweep --reuse). The
 paper: without augmentation the net "suffers from substantial overfitting". The PCA colour noise
 (the paper's other augmentation, top-1 down over 1%) is not tested here: Fashion-MNIST has one
 grey channel and no colour to perturb; cluster/augmentation_cifar10.py has it as a third arm.
@@ -20,7 +21,7 @@ grid = [
     {'random_crop': False, 'random_flip': False},
 ]
 seeds = common.SEEDS
-budget = common.epochs(15)
+budget = {**common.epochs(15), 'dropout_rate': 0.5}  # as the dropout sweep's arm sets it
 report = {
     'target_train_error': [0.1, 0.05],
     'claims': [
