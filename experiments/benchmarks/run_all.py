@@ -17,6 +17,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import shlex
 import shutil
 import socket
 import statistics
@@ -76,6 +77,18 @@ def _version(package: str) -> str | None:
         return None
 
 
+# Settings read from the environment that change what a benchmark measures.
+ENVIRONMENT = (
+    'XLA_FLAGS',
+    'ALEXNET_JAX_KEEP_HOST_MEMORY',
+    'GLIBC_TUNABLES',
+    'LD_PRELOAD',
+    'MALLOC_CONF',
+    'OMP_NUM_THREADS',
+    'CUDA_VISIBLE_DEVICES',
+)
+
+
 def machine_record(repo: str) -> dict:
     """Where and with what the benchmarks ran."""
     lscpu = _command_output(['lscpu']) or ''
@@ -93,6 +106,7 @@ def machine_record(repo: str) -> dict:
         'instruction_set': isa,
         'lscpu': lscpu,
         'nvidia_smi': _command_output(['nvidia-smi']),
+        'environment': {k: os.environ[k] for k in ENVIRONMENT if k in os.environ},
         'load_average_start': os.getloadavg(),
         'runs': [],
     }
@@ -108,7 +122,8 @@ def run_benchmark(name: str, out: str, repo: str, stem: str) -> dict:
     record = {'name': name, 'stem': stem, 'command': cmd, 'load_before': os.getloadavg()}
     started = time.perf_counter()
     with open(log_path, 'w') as log:
-        log.write(f'$ {" ".join(cmd)}\n')
+        env = [f'{k}={shlex.quote(os.environ[k])}' for k in ENVIRONMENT if k in os.environ]
+        log.write(f'$ {" ".join(env + cmd)}\n')
         log.flush()
         code = subprocess.run(cmd, cwd=repo, stdout=log, stderr=subprocess.STDOUT).returncode
     record.update(
