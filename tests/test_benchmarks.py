@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import models
-from experiments.benchmarks import run_all, train_step
+from experiments.benchmarks import run_all, torch_peer, train_step
 
 
 def _macs_from_model(variant: str) -> tuple[float, float]:
@@ -46,13 +46,13 @@ def test_flop_count_matches_the_model(variant):
 
 
 def test_torch_settings_expand_presets_and_refuse_unknown_flags():
-    assert train_step.torch_flags('eager') == []
-    assert train_step.torch_flags('best-cpu') == train_step.TORCH_PRESETS['best-cpu'].split('+')
-    assert train_step.torch_flags('cl+fused') == ['cl', 'fused']
+    assert torch_peer.torch_flags('eager') == []
+    assert torch_peer.torch_flags('best-cpu') == torch_peer.TORCH_PRESETS['best-cpu'].split('+')
+    assert torch_peer.torch_flags('cl+fused') == ['cl', 'fused']
     with pytest.raises(
         ValueError, match=r"unknown PyTorch setting\(s\) cudagraph in 'cl\+cudagraph'.*flags cl"
     ):
-        train_step.torch_flags('cl+cudagraph')
+        torch_peer.torch_flags('cl+cudagraph')
 
 
 def _run(rates: dict[str, list[float]], memory: dict[str, float]) -> list[dict]:

@@ -9,16 +9,16 @@ pass, the ``pmean`` and Section 5's SGD update (momentum 0.9, weight decay 5e-4)
 process starts as ``main.py`` does: ``runtime.configure(keep_host_memory=True)`` first (on CPU,
 glibc keeps freed memory for the next step, and XLA:CPU's YNNPACK fusions are on).
 
-The PyTorch side is the same architecture written here: grouped convolutions (``groups=2``) for
-``paper``, ``nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2)`` (PyTorch divides alpha by the
-size, so the paper's 1e-4 is 5e-4 there), dropout 0.5 where the variant has it, the same batch,
-``torch.optim.SGD(momentum=0.9, weight_decay=5e-4)`` on the kernels (biases not decayed, as
-here). Its input is a batch made once. It runs in one or more *settings* (``--torch``), each a row
-of the table: a preset (``eager``: PyTorch's defaults; ``best-cpu``; ``best-gpu``) or flags joined
-by '+' (``cl`` channels-last, ``compile`` / ``autotune`` torch.compile of the forward pass and
-loss in the default / max-autotune mode, ``foreach`` / ``fused`` SGD, ``malloc`` our malloc
-settings). PyTorch at its best is the fastest setting of each run, per variant; the presets are
-what measured fastest here (RESULTS.md, issue 19).
+The PyTorch side is the same architecture, written in ``torch_peer.py``: grouped convolutions
+(``groups=2``) for ``paper``, ``nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2)`` (PyTorch
+divides alpha by the size, so the paper's 1e-4 is 5e-4 there), dropout 0.5 where the variant has it,
+the same batch, ``torch.optim.SGD(momentum=0.9, weight_decay=5e-4)`` on the kernels (biases not
+decayed, as here). Its input is a batch made once. It runs in one or more *settings* (``--torch``),
+each a row of the table: a preset (``eager``: PyTorch's defaults; ``best-cpu``; ``best-gpu``) or
+flags joined by '+' (``cl`` channels-last, ``compile`` / ``autotune`` torch.compile of the forward
+pass and loss in the default / max-autotune mode, ``foreach`` / ``fused`` SGD, ``malloc`` our malloc
+settings). PyTorch at its best is the fastest setting of each run, per variant; the presets are what
+measured fastest here (RESULTS.md, issue 19).
 
 Each side runs in its own worker process (clean peak memory, no shared thread pools); the
 parent alternates rounds between them so that load from other processes hits all alike, and
@@ -40,13 +40,22 @@ gradients and the input gradients, less conv1's input gradient (``train_flops``)
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+sys.path.insert(0, ROOT)  # run as a script too
+
+from experiments.benchmarks.host_memory import peak_rss_mib, rss_mib  # noqa: E402
+from experiments.benchmarks.torch_peer import (  # noqa: E402
+    TORCH_FLAGS,
+    TORCH_PRESETS,
+    TorchRunner,
+    torch_flags,
+)
+
 VARIANTS = ('paper', 'single_tower', 'owt')
 IMAGE_SIZE = {'paper': 227, 'single_tower': 227, 'owt': 224}
 # Forward multiply-adds per image (alexnet-spec.md); a training step is ~3x the forward pass.
@@ -58,15 +67,6 @@ CONV1_MACS = {
     'owt': 55 * 55 * 64 * 363,
 }
 MARK = '@@'  # worker replies on stdout start with this; everything else is passed through
-
-
-def _rss_mib() -> float:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def _reply(obj: dict) -> None:
@@ -94,7 +94,7 @@ class JaxRunner:
         config.image_size = IMAGE_SIZE[variant]
         config.batch_size = args.batch
         config.half_precision = args.half
-        self.rss_base = _rss_mib()
+        self.rss_base = rss_mib()
         devices = jax.local_device_count()
         stats = dataset_stats.load_stats(config)
         model = models.create_model(config)
@@ -146,134 +146,9 @@ class JaxRunner:
 
     def memory(self) -> dict:
         stats = self.jax.devices()[0].memory_stats() or {}
-        out = {'peak_rss_delta_mib': _peak_rss_mib() - self.rss_base}
+        out = {'peak_rss_delta_mib': peak_rss_mib() - self.rss_base}
         if 'peak_bytes_in_use' in stats:
             out['device_peak_mib'] = stats['peak_bytes_in_use'] / 2**20
-        return out
-
-
-# --- PyTorch worker ---
-
-
-def torch_alexnet(variant: str):
-    """The variant in PyTorch, NCHW; the same layers and hyper-parameters as models.py."""
-    from torch import nn
-
-    def lrn() -> nn.Module:
-        # Section 3.3: k = 2, n = 5, alpha = 1e-4 (PyTorch divides alpha by n), beta = 0.75.
-        return nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2.0)
-
-    if variant == 'owt':
-        widths, c1, groups, norm = (64, 192, 384, 256, 256), (11, 4, 2), 1, False
-    else:
-        widths, c1, groups, norm = (96, 256, 384, 384, 256), (11, 4, 0), 2, True
-        groups = 2 if variant == 'paper' else 1
-    w1, w2, w3, w4, w5 = widths
-    layers = [nn.Conv2d(3, w1, c1[0], c1[1], c1[2]), nn.ReLU(inplace=True)]
-    layers += [lrn()] if norm else []
-    layers += [nn.MaxPool2d(3, 2), nn.Conv2d(w1, w2, 5, padding=2, groups=groups)]
-    layers += [nn.ReLU(inplace=True)] + ([lrn()] if norm else [])
-    layers += [nn.MaxPool2d(3, 2), nn.Conv2d(w2, w3, 3, padding=1), nn.ReLU(inplace=True)]
-    layers += [nn.Conv2d(w3, w4, 3, padding=1, groups=groups), nn.ReLU(inplace=True)]
-    layers += [nn.Conv2d(w4, w5, 3, padding=1, groups=groups), nn.ReLU(inplace=True)]
-    layers += [nn.MaxPool2d(3, 2), nn.Flatten()]
-    fc6, fc7 = nn.Linear(w5 * 36, 4096), nn.Linear(4096, 4096)
-    if variant == 'owt':  # torchvision drops the inputs of fc6 and fc7
-        head = [nn.Dropout(0.5), fc6, nn.ReLU(inplace=True), nn.Dropout(0.5), fc7]
-        head += [nn.ReLU(inplace=True)]
-    else:  # Section 4.2: the outputs of fc6 and fc7
-        head = [fc6, nn.ReLU(inplace=True), nn.Dropout(0.5), fc7, nn.ReLU(inplace=True)]
-        head += [nn.Dropout(0.5)]
-    return nn.Sequential(*layers, *head, nn.Linear(4096, 1000))
-
-
-# PyTorch's settings: '+'-joined flags; a preset names a set. A row of the table is one setting.
-TORCH_FLAGS = {
-    'cl': 'channels-last memory format (model and input)',
-    'compile': 'torch.compile of the forward pass and the loss (default mode)',
-    'autotune': 'torch.compile mode="max-autotune": CUDA graphs, autotuned kernels',
-    'foreach': "SGD's foreach implementation (one call per step over all tensors)",
-    'fused': "SGD's fused implementation (one kernel per step)",
-    'malloc': 'our malloc settings (alexnet_jax/xla_cpu.py: freed memory kept for reuse)',
-}
-# PyTorch at its best on each platform (issue 19): the fastest settings measured on each.
-TORCH_PRESETS = {
-    'eager': '',
-    'best-cpu': 'cl+fused+malloc',
-    'best-gpu': 'cl+autotune+fused',
-}
-
-
-def torch_flags(setting: str) -> list[str]:
-    """The flags of a setting (a preset's name, or flags joined by '+'); unknown ones raise."""
-    flags = [f for f in TORCH_PRESETS.get(setting, setting).split('+') if f]
-    unknown = sorted(set(flags) - set(TORCH_FLAGS))
-    if unknown:
-        raise ValueError(
-            f'unknown PyTorch setting(s) {", ".join(unknown)} in {setting!r}; use presets '
-            f'{", ".join(TORCH_PRESETS)} or flags {", ".join(TORCH_FLAGS)} joined by "+"'
-        )
-    return flags
-
-
-class TorchRunner:
-    def __init__(self, args: argparse.Namespace, variant: str, flags: list[str]):
-        import torch
-
-        self.torch = torch
-        self.rss_base = _rss_mib()
-        self.dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-        # cuDNN picks the fastest algorithm per convolution shape (fixed shapes here).
-        torch.backends.cudnn.benchmark = True
-        torch.manual_seed(0)
-        model = torch_alexnet(variant).to(self.dev)
-        fmt = torch.channels_last if 'cl' in flags else torch.contiguous_format
-        model = model.to(memory_format=fmt)
-        kernels = [p for p in model.parameters() if p.ndim > 1]
-        biases = [p for p in model.parameters() if p.ndim <= 1]
-        self.opt = torch.optim.SGD(
-            [{'params': kernels, 'weight_decay': 5e-4}, {'params': biases, 'weight_decay': 0.0}],
-            lr=0.01,
-            momentum=0.9,
-            foreach=True if 'foreach' in flags else None,
-            fused=True if 'fused' in flags else None,
-        )
-        model.train()
-        loss_fn = torch.nn.CrossEntropyLoss()
-
-        def loss_of(images, labels):
-            with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=args.half):
-                return loss_fn(model(images), labels)
-
-        if 'autotune' in flags:
-            loss_of = torch.compile(loss_of, mode='max-autotune')
-        elif 'compile' in flags:
-            loss_of = torch.compile(loss_of)
-        self.loss_of = loss_of
-        size = IMAGE_SIZE[variant]
-        gen = torch.Generator().manual_seed(0)
-        images = torch.randn(args.batch, 3, size, size, generator=gen)
-        self.images = images.to(self.dev).contiguous(memory_format=fmt)
-        self.labels = torch.randint(0, 1000, (args.batch,), generator=gen).to(self.dev)
-        self.device = torch.cuda.get_device_name() if self.dev.type == 'cuda' else 'cpu'
-
-    def _run(self, wait: bool) -> None:
-        self.opt.zero_grad(set_to_none=True)
-        loss = self.loss_of(self.images, self.labels)
-        loss.backward()
-        self.opt.step()
-        if wait:
-            loss.item()  # waits for the step (and the GPU)
-
-    def first_step(self) -> dict:
-        start = time.perf_counter()
-        self._run(wait=True)
-        return {'first_step_s': time.perf_counter() - start}
-
-    def memory(self) -> dict:
-        out = {'peak_rss_delta_mib': _peak_rss_mib() - self.rss_base}
-        if self.dev.type == 'cuda':
-            out['device_peak_mib'] = self.torch.cuda.max_memory_allocated() / 2**20
         return out
 
 
@@ -292,7 +167,6 @@ def timed_steps(runner: 'JaxRunner | TorchRunner', n: int) -> dict:
 
 def worker(args: argparse.Namespace) -> None:
     """Serves the parent's commands, one JSON line each, until 'quit'."""
-    sys.path.insert(0, ROOT)
     os.chdir(ROOT)
     sys.stdout = sys.stderr  # keep stdout for replies
     # First thing in the process, as main.py does for a training run. PyTorch gets our malloc
@@ -305,7 +179,7 @@ def worker(args: argparse.Namespace) -> None:
     else:
         flags = torch_flags(args.worker.removeprefix('torch:'))
         keeps_memory = xla_cpu.keep_host_memory() if 'malloc' in flags else False
-        runner = TorchRunner(args, args.variant, flags)
+        runner = TorchRunner(args, args.variant, flags, IMAGE_SIZE[args.variant])
     _reply({'ready': True, 'device': runner.device, 'keeps_host_memory': keeps_memory})
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -381,7 +255,7 @@ def bench_variant(variant: str, args: argparse.Namespace) -> dict:
             w.send(op='first')
         for w in workers:
             rows[w.kind]['first'] = w.read()
-    for w in workers:
+    for w in workers if args.warmup > 0 else []:
         w.ask(op='steps', n=args.warmup)
     times: dict[str, list[float]] = {w.kind: [] for w in workers}
     for _ in range(args.repeats):  # alternate, so that outside load hits all alike
