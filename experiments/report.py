@@ -338,7 +338,8 @@ def build_report(sweep_dir: str, targets: Sequence[float] | None = None, plots: 
         lines += claim_text
     reused = [r for r in records if r.reused_from]
     if reused:
-        lines += ['Runs copied from another sweep where the same config finished (`--reuse`):', '']
+        lines += ['### Copied runs (`--reuse`)', '']
+        lines += ['The same config finished in another sweep; its checkpoints are there.', '']
         lines += [f'- `{r.name}` from `{r.reused_from}`' for r in reused]
         lines.append('')
     failed = [r for r in records if r.status == 'failed']

@@ -249,17 +249,21 @@ def _write_json(path: str, data: Any) -> None:
 
 
 def find_finished_twin(run: Run, other_dirs: Sequence[str]) -> str | None:
-    """A finished run under one of ``other_dirs`` with exactly ``run``'s config, if any."""
+    """A finished run under one of ``other_dirs`` with exactly ``run``'s config, if any.
+
+    Finished means ``results.json`` written and the workdir's lock released (a run still
+    closing its logs, or one that died holding the lock, is not copied).
+    """
+    from alexnet_jax.workdir_lock import LOCK_NAME  # imports JAX: not before runtime.configure
+
     wanted = json.loads(run.config.to_json_best_effort())
     for other in other_dirs:
         for entry in sorted(os.listdir(other)):
             workdir = os.path.join(other, entry)
-            if entry.endswith(COPYING):
-                continue
             config = os.path.join(workdir, 'config.json')
-            if not os.path.exists(os.path.join(workdir, RESULTS_JSON)) or not os.path.exists(
-                config
-            ):
+            done = os.path.exists(os.path.join(workdir, RESULTS_JSON))
+            locked = os.path.exists(os.path.join(workdir, LOCK_NAME))
+            if entry.endswith(COPYING) or not done or locked or not os.path.exists(config):
                 continue
             with open(config) as f:
                 if json.load(f) == wanted:
@@ -271,29 +275,48 @@ def reuse_run(run: Run, source: str, sweep_dir: str) -> None:
     """Copies the finished ``source`` (all but its checkpoints) in as ``run``, saying so.
 
     The copy is made beside the run's directory and renamed into place, so a copy cut short
-    leaves no run that looks finished (a stale one is replaced on the next try).
+    leaves no run that looks finished. The checkpoints stay in ``source``, which ``reused.json``
+    names: give that directory to figures, evaluation or prediction.
     """
+    from alexnet_jax.workdir_lock import LOCK_NAME
+
     workdir = run.workdir(sweep_dir)
     partial = workdir + COPYING
     shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(source, partial, ignore=shutil.ignore_patterns('checkpoints'))
-    _write_json(
-        os.path.join(partial, RUN_JSON),
-        {'name': run.name, 'overrides': run.overrides, 'seed': run.seed},
-    )
-    _write_json(os.path.join(partial, REUSED_JSON), {'from': os.path.abspath(source)})
-    os.rename(partial, workdir)
+    try:
+        shutil.copytree(source, partial, ignore=shutil.ignore_patterns('checkpoints', LOCK_NAME))
+        _write_json(
+            os.path.join(partial, RUN_JSON),
+            {'name': run.name, 'overrides': run.overrides, 'seed': run.seed},
+        )
+        _write_json(os.path.join(partial, REUSED_JSON), {'from': os.path.abspath(source)})
+        os.rename(partial, workdir)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def _remove_stale_copies(sweep_dir: str) -> None:
+    """Half-made copies left by a sweep that was stopped while copying."""
+    if os.path.isdir(sweep_dir):
+        for entry in os.listdir(sweep_dir):
+            if entry.endswith(COPYING):
+                shutil.rmtree(os.path.join(sweep_dir, entry), ignore_errors=True)
 
 
 def execute(runs: list[Run], sweep_dir: str, reuse: Sequence[str] = ()) -> dict[str, str]:
-    """Runs every unfinished run in order; returns name -> done | skipped | reused | failed |
-    stopped. A run not started yet whose config matches a finished one under ``reuse`` is
-    copied instead of trained."""
+    """Trains every unfinished run in order, or copies its finished twin from ``reuse``.
+
+    Returns name -> done | skipped | reused | failed | stopped. A run not started yet whose
+    config matches a finished one under a ``reuse`` directory is copied instead of trained; a
+    copy that fails (disk full, the source gone) is said in the log and the run is trained.
+    """
     from alexnet_jax import runtime
 
     runtime.configure()  # before JAX starts: the settings alexnet_jax.main gives a run
     from alexnet_jax import train
 
+    _remove_stale_copies(sweep_dir)
     outcome: dict[str, str] = {}
     for i, run in enumerate(runs, start=1):
         workdir = run.workdir(sweep_dir)
@@ -304,12 +327,22 @@ def execute(runs: list[Run], sweep_dir: str, reuse: Sequence[str] = ()) -> dict[
             continue
         twin = find_finished_twin(run, reuse) if reuse and not os.path.exists(workdir) else None
         if twin:
-            reuse_run(run, twin, sweep_dir)
-            log.info(
-                '[%d/%d] %s: the same config finished in %s; copied.', i, len(runs), run.name, twin
-            )
-            outcome[run.name] = 'reused'
-            continue
+            try:
+                reuse_run(run, twin, sweep_dir)
+            except (OSError, shutil.Error) as error:
+                log.warning(
+                    '%s: copying %s failed (%s); training it instead.', run.name, twin, error
+                )
+            else:
+                log.info(
+                    '[%d/%d] %s: the same config finished in %s; copied.',
+                    i,
+                    len(runs),
+                    run.name,
+                    twin,
+                )
+                outcome[run.name] = 'reused'
+                continue
         os.makedirs(workdir, exist_ok=True)
         failed = os.path.join(workdir, FAILED_JSON)
         if os.path.exists(failed):

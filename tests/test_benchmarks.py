@@ -92,3 +92,25 @@ def test_summary_compares_with_the_fastest_setting_over_runs(tmp_path):
     every_round = [o / t for r in runs for o, t in zip(r['jax'], r['torch:cl+fused'], strict=True)]
     assert cells[5] == f'{min(every_round):.2f}-{max(every_round):.2f}'
     assert cells[1].startswith('59.0 (51.0-61.0)')
+
+
+def test_the_machine_record_and_each_log_name_the_settings_that_change_a_benchmark(
+    tmp_path, monkeypatch
+):
+    for name in run_all.ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_experimental_ynn_fusion_type=dot')
+    monkeypatch.setenv('GLIBC_TUNABLES', 'glibc.malloc.hugetlb=1')
+    record = run_all.machine_record(run_all.ROOT)
+    assert record['environment']['XLA_FLAGS'] == '--xla_cpu_experimental_ynn_fusion_type=dot'
+    assert record['environment']['GLIBC_TUNABLES'] == 'glibc.malloc.hugetlb=1'
+    assert 'LD_PRELOAD' not in record['environment']
+    # A benchmark's log starts with the command as a shell would rerun it, settings first.
+    monkeypatch.setitem(run_all.BENCHMARKS, 'echo', ('no_such_script', ['--out dir']))
+    run_all.run_benchmark('echo', str(tmp_path), run_all.ROOT, 'echo')
+    first = (tmp_path / 'echo.log').read_text().splitlines()[0]
+    assert first.startswith(
+        '$ XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=dot '
+        'GLIBC_TUNABLES=glibc.malloc.hugetlb=1 '
+    )
+    assert first.endswith("no_such_script.py '--out dir'")

@@ -3,6 +3,7 @@
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -27,8 +28,8 @@ TINY_BUDGET = {
 }
 
 
-def write_sweep(tmp_path, grid, seeds=(0,), budget=None, extra=''):
-    path = tmp_path / 'tiny.py'
+def write_sweep(tmp_path, grid, seeds=(0,), budget=None, extra='', name='tiny'):
+    path = tmp_path / f'{name}.py'
     path.write_text(
         textwrap.dedent(
             f"""\
@@ -73,6 +74,10 @@ def test_tiny_sweep_runs_skips_finished_runs_reports_and_draws(tmp_path, capsys)
     assert sweep.main(['--sweep', sweep_file, '--workdir', sweep_dir]) == 0
     assert _results_mtimes(sweep_dir) == first
     assert '0 run, 2 skipped' in capsys.readouterr().out
+    # The config.json training writes is what --reuse compares: the same sweep elsewhere copies.
+    copies = str(tmp_path / 'copies')
+    assert sweep.main(['--sweep', sweep_file, '--workdir', copies, '--reuse', sweep_dir]) == 0
+    assert '0 run, 0 skipped (finished before), 2 copied' in capsys.readouterr().out
 
     capsys.readouterr()
     assert report.main([sweep_dir]) == 0
@@ -144,11 +149,6 @@ def test_a_failed_run_is_recorded_the_sweep_goes_on_and_the_report_lists_it(tmp_
     ]
 
 
-def open_text(path):
-    with open(path) as f:
-        return f.read()
-
-
 def _recording_training():
     """Stands in for train_and_evaluate: writes config.json, a checkpoint dir and results."""
     calls = []
@@ -166,28 +166,45 @@ def _recording_training():
     return fake, calls
 
 
+def _fake_run_dir(path, config, results=True, lock=False):
+    os.makedirs(path)
+    with open(os.path.join(path, 'config.json'), 'w') as f:
+        f.write(config.to_json_best_effort())
+    if results:
+        with open(os.path.join(path, 'results.json'), 'w') as f:
+            json.dump({'step': 4, 'eval_top1_error': 0.5}, f)
+    if lock:
+        with open(os.path.join(path, 'lock'), 'w') as f:
+            f.write('{}')
+
+
 def test_a_shared_arm_is_copied_from_another_sweep_where_its_config_finished(
     tmp_path, monkeypatch, capsys
 ):
     fake, calls = _recording_training()
     monkeypatch.setattr(train, 'train_and_evaluate', fake)
-    first = write_sweep(tmp_path, {'dropout_rate': [0.5, 0.0]}, [0, 1])
+    first = write_sweep(tmp_path, {'dropout_rate': [0.5, 0.0]}, [0, 1], name='first')
     first_dir = str(tmp_path / 'first')
     assert sweep.main(['--sweep', first, '--workdir', first_dir]) == 0
     assert len(calls) == 4
 
-    # The second sweep names the same baseline with another field set to its default value
-    # (random_flip is True in configs/fashion_mnist.py): same config, so copied, not trained.
-    # Seed 2 and the other arm have no twin and train; a copy cut short before is redone.
+    # The second sweep names the same baseline with another field at its default value
+    # (random_flip is True in configs/fashion_mnist.py): the same config, so copied, not
+    # trained. Seed 2 has twins under first/ that are not finished (no results.json, still
+    # locked, a half-made copy): it trains, as does the other arm.
+    budget = {**TINY_BUDGET, 'dropout_rate': 0.5}
+    grid = [{'random_flip': True}, {'random_flip': False}]
+    second = write_sweep(tmp_path, grid, [0, 2], budget=budget, name='second')
+    seed2 = next(r for r in sweep.build_runs(sweep.load_sweep(second)) if r.seed == 2)
+    _fake_run_dir(os.path.join(first_dir, 'unfinished'), seed2.config, results=False)
+    _fake_run_dir(os.path.join(first_dir, 'locked'), seed2.config, lock=True)
+    _fake_run_dir(os.path.join(first_dir, 'x' + sweep.COPYING), seed2.config)
     calls.clear()
-    second = tmp_path / 'second.py'
-    text = open_text(write_sweep(tmp_path, [{'random_flip': True}, {'random_flip': False}], [0, 2]))
-    second.write_text(text.replace("'synthetic',", "'synthetic', 'dropout_rate': 0.5,"))
     second_dir = tmp_path / 'second'
     stale = second_dir / ('random_flip=True__seed=0' + sweep.COPYING)
     stale.mkdir(parents=True)
     (stale / 'results.json').write_text('{}')
-    argv = ['--sweep', str(second), '--workdir', str(second_dir), '--reuse', first_dir]
+    argv = ['--sweep', second, '--workdir', str(second_dir), '--reuse', first_dir]
     assert sweep.main(argv) == 0
     assert sorted(calls) == [
         'random_flip=False__seed=0',
@@ -196,21 +213,51 @@ def test_a_shared_arm_is_copied_from_another_sweep_where_its_config_finished(
     ]
     assert '1 copied from --reuse' in capsys.readouterr().out
     copied = second_dir / 'random_flip=True__seed=0'
-    source = os.path.join(first_dir, 'dropout_rate=0.5__seed=0')
-    assert _json(copied, 'reused.json') == {'from': os.path.abspath(source)}
+    source = os.path.abspath(os.path.join(first_dir, 'dropout_rate=0.5__seed=0'))
+    assert _json(copied, 'reused.json') == {'from': source}
     assert _json(copied, 'results.json') == _json(source, 'results.json')
     assert _json(copied, 'run.json')['overrides'] == {'random_flip': True}
     assert not (copied / 'checkpoints').exists() and not stale.exists()
 
+    # A half-made copy seen by the report (a sweep stopped mid-copy) is not a run.
+    stale.mkdir()
+    for name in ('run.json', 'results.json'):
+        (stale / name).write_text((copied / name).read_text())
     text = report.build_report(str(second_dir), targets=[0.5])
-    assert f'- `random_flip=True__seed=0` from `{os.path.abspath(source)}`' in text
+    assert f'- `random_flip=True__seed=0` from `{source}`' in text
     assert '| True | 2 |' in text  # the copy and the trained seed 2, one group
 
-    # Rerun: everything finished, nothing copied or trained again.
+    # Rerun: everything finished, nothing copied or trained again; the stale copy is gone.
     calls.clear()
-    assert sweep.main(argv) == 0 and calls == []
+    assert sweep.main(argv) == 0 and calls == [] and not stale.exists()
     assert sweep.main([*argv[:4], '--reuse', str(tmp_path / 'nowhere')]) == 2
     assert 'nowhere: no such directory' in capsys.readouterr().err
+
+    # A copy that fails (disk full) is said and the run trained instead; nothing half-made stays.
+    def disk_full(*args, **kwargs):
+        raise OSError(28, 'No space left on device')
+
+    shutil.rmtree(copied)
+    monkeypatch.setattr(sweep.shutil, 'copytree', disk_full)
+    assert sweep.main(argv) == 0
+    assert calls == ['random_flip=True__seed=0']
+    assert not (copied / 'reused.json').exists() and not stale.exists()
+
+
+def test_the_dropout_and_augmentation_sweeps_share_their_regularised_arm():
+    # claims.sh trains the arm once (dropout) and the augmentation sweep copies it with --reuse:
+    # only if the two sweep files give the very same configs.
+    def configs(name):
+        path = os.path.join(sweep.ROOT, 'experiments', 'sweeps', f'{name}.py')
+        runs = sweep.build_runs(sweep.load_sweep(path))
+        return {r.name: json.loads(r.config.to_json_best_effort()) for r in runs}
+
+    dropout, augmentation = configs('dropout'), configs('augmentation')
+    shared = [(a, d) for a, c in augmentation.items() for d, e in dropout.items() if c == e]
+    assert shared == [
+        (f'random_crop=True__random_flip=True__seed={s}', f'dropout_rate=0.5__seed={s}')
+        for s in range(5)
+    ]
 
 
 @pytest.mark.parametrize(

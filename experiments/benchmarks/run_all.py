@@ -78,12 +78,17 @@ def _version(package: str) -> str | None:
 
 
 # Settings read from the environment that change what a benchmark measures.
+# (XLA_FLAGS as set here: runtime.configure() adds our CPU defaults where the user set none.)
 ENVIRONMENT = (
     'XLA_FLAGS',
+    'JAX_PLATFORMS',
     'ALEXNET_JAX_KEEP_HOST_MEMORY',
     'GLIBC_TUNABLES',
     'LD_PRELOAD',
     'MALLOC_CONF',
+    'MALLOC_ARENA_MAX',
+    'MALLOC_TRIM_THRESHOLD_',
+    'MALLOC_MMAP_THRESHOLD_',
     'OMP_NUM_THREADS',
     'CUDA_VISIBLE_DEVICES',
 )
@@ -123,7 +128,7 @@ def run_benchmark(name: str, out: str, repo: str, stem: str) -> dict:
     started = time.perf_counter()
     with open(log_path, 'w') as log:
         env = [f'{k}={shlex.quote(os.environ[k])}' for k in ENVIRONMENT if k in os.environ]
-        log.write(f'$ {" ".join(env + cmd)}\n')
+        log.write(f'$ {" ".join([*env, shlex.join(cmd)])}\n')
         log.flush()
         code = subprocess.run(cmd, cwd=repo, stdout=log, stderr=subprocess.STDOUT).returncode
     record.update(

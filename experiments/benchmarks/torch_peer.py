@@ -9,11 +9,15 @@ one *setting*: a preset (``TORCH_PRESETS``) or flags joined by '+' (``TORCH_FLAG
 
 import argparse
 import time
+from typing import TYPE_CHECKING
 
 from experiments.benchmarks.host_memory import peak_rss_mib, rss_mib
 
+if TYPE_CHECKING:  # torch is imported where it is used: the worker sets malloc up first
+    from torch import nn
 
-def torch_alexnet(variant: str):
+
+def torch_alexnet(variant: str) -> 'nn.Sequential':
     """The variant in PyTorch, NCHW; the same layers and hyper-parameters as models.py."""
     from torch import nn
 
@@ -75,8 +79,10 @@ def torch_flags(setting: str) -> list[str]:
 
 
 class TorchRunner:
-    """One variant's training step in PyTorch with the given flags (the train_step worker's
-    interface: ``first_step``, ``_run``, ``memory``)."""
+    """One variant's training step in PyTorch, in one setting's flags.
+
+    The interface train_step's worker uses for either side: ``first_step``, ``_run``, ``memory``.
+    """
 
     def __init__(self, args: argparse.Namespace, variant: str, flags: list[str], image_size: int):
         import torch

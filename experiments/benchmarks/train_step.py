@@ -255,8 +255,9 @@ def bench_variant(variant: str, args: argparse.Namespace) -> dict:
             w.send(op='first')
         for w in workers:
             rows[w.kind]['first'] = w.read()
-    for w in workers if args.warmup > 0 else []:
-        w.ask(op='steps', n=args.warmup)
+    if args.warmup:
+        for w in workers:
+            w.ask(op='steps', n=args.warmup)
     times: dict[str, list[float]] = {w.kind: [] for w in workers}
     for _ in range(args.repeats):  # alternate, so that outside load hits all alike
         for w in workers:
@@ -340,12 +341,19 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
     )
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be 1 or more, got {value}')
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--variants', default=','.join(VARIANTS))
     parser.add_argument('--batch', type=int, default=32)
-    parser.add_argument('--repeats', type=int, default=5, help='alternating rounds')
-    parser.add_argument('--steps', type=int, default=2, help='timed steps per round')
+    parser.add_argument('--repeats', type=_positive, default=5, help='alternating rounds')
+    parser.add_argument('--steps', type=_positive, default=2, help='timed steps per round')
     parser.add_argument('--warmup', type=int, default=2, help='untimed steps after the first')
     parser.add_argument(
         '--torch',

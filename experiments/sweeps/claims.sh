@@ -18,6 +18,7 @@ for name in "$@"; do
   reuse=()  # a sweep whose arm another sweep trains copies it from there (same config)
   [ "$name" = augmentation ] && [ -d "$SWEEPS/dropout" ] && reuse=(--reuse "$SWEEPS/dropout")
   nice -n 19 "$PYTHON" -m experiments.sweep --sweep "experiments/sweeps/$name.py" \
-    --workdir "$SWEEPS/$name" "${reuse[@]}" || echo "== $name: the sweep stopped (exit $?); going on"
+    --workdir "$SWEEPS/$name" ${reuse[@]+"${reuse[@]}"} \
+    || echo "== $name: the sweep stopped (exit $?); going on"
   "$PYTHON" -m experiments.report "$SWEEPS/$name" > /dev/null || true
 done
