@@ -1,8 +1,8 @@
 """Convolution, dense layer, bias and max-pooling formulated for speed on XLA:CPU (and GPU).
 
 Same values as ``lax.conv_general_dilated``, ``x @ kernel``, ``y + bias`` and ``nn.max_pool``
-(:func:`plain_dense` and :func:`plain_max_pool` here, which other backends run as they are; the
-max-pool gradient is also faster on GPU), and the same gradients up to float rounding
+(:func:`plain_dense` and :func:`plain_max_pool` here, which other backends run as they are; GPUs
+use :func:`max_pool` too), and the same gradients up to float rounding
 (``tests/test_ops.py``); only how XLA runs them differs. Nothing here looks at the backend:
 ``models.create_model`` picks the kernels for it once (``layers.kernels_for``). On CPU they
 assume the YNNPACK fusions that ``alexnet_jax/xla_cpu.py`` turns on. What each change bought is
@@ -108,23 +108,23 @@ _add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
 def max_pool(x: jax.Array, window: int, stride: int, padding: str = 'VALID') -> jax.Array:
-    """``nn.max_pool`` over a square window of NHWC ``x``, with a cheaper gradient.
+    """``nn.max_pool`` over a square window of NHWC ``x``, as two 1-D pools with cheap gradients.
 
     Same values and the same gradient as ``nn.max_pool`` (all of it to the first maximum of each
-    window, in row-major order, as XLA's select_and_scatter does). Autodiff of reduce_window
-    goes through select_and_scatter, which XLA runs slowly on CPU and GPU; here the backward
-    pass records which of the window's taps won and scatters the cotangent phase by phase. On
-    XLA:CPU (batch 32, fp32, 2 cores, JAX 0.10.2, YNNPACK fusions on) a pool's forward and
-    backward take 2.1-2.9x less time than autodiff's, and the whole training step 3-7% less
-    (``experiments/logs/2026-12-03-vm-issue19/max_pool.log``; ``experiments/benchmarks/
-    max_pool.py`` measures it on any backend). GPUs use it too: an H200 run measured it faster
-    there (experiments/RESULTS.md, issue 7; that run's log was pasted, not kept).
-    Other backends (TPU: not measured) keep autodiff (:func:`plain_max_pool`).
+    window, in row-major order, as XLA's select_and_scatter does). The square window is a pool
+    along the width and then one along the height: pooling the width first and taking the first
+    maximum in each pass picks the window's first maximum in row-major order. Each pass keeps
+    which of its ``window`` taps won (int8), so the backward pass reads only the cotangent and
+    those indices, never the input. Autodiff of ``reduce_window`` goes through
+    select_and_scatter, which XLA runs slowly; on XLA:CPU (batch 32, fp32, 2 cores, JAX 0.10.2)
+    a pool's forward and backward take 4-7x less time than autodiff's and 2-4x less than this
+    function's earlier one-pass form (``experiments/benchmarks/max_pool.py``, which also measures
+    it on other backends). Backends other than CPU and GPU keep autodiff (:func:`plain_max_pool`).
     """
     if padding != 'VALID':
         pads = jax.lax.padtype_to_pads(x.shape[1:3], (window, window), (stride, stride), padding)
         x = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
-    return _max_pool(x, window, stride)
+    return _max_pool_1d(_max_pool_1d(x, window, stride, 2), window, stride, 1)
 
 
 def plain_max_pool(x: jax.Array, window: int, stride: int, padding: str = 'VALID') -> jax.Array:
@@ -132,56 +132,48 @@ def plain_max_pool(x: jax.Array, window: int, stride: int, padding: str = 'VALID
     return nn.max_pool(x, (window, window), (stride, stride), padding=padding)
 
 
-def _reduce_max(x: jax.Array, window: int, stride: int) -> jax.Array:
-    dims, strides = (1, window, window, 1), (1, stride, stride, 1)
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, dims, strides, 'VALID')
+def _max_and_winner(x: jax.Array, window: int, stride: int, axis: int):
+    """The VALID max-pool of ``x`` along ``axis`` and, per output, the first tap that holds it."""
+    out = (x.shape[axis] - window) // stride + 1
+    span = stride * (out - 1) + 1
+    taps = [jax.lax.slice_in_dim(x, t, t + span, stride, axis) for t in range(window)]
+    y, winner = taps[0], jnp.zeros(taps[0].shape, jnp.int8)
+    for t, tap in enumerate(taps[1:], start=1):
+        wins = (tap > y) | jnp.isnan(tap)  # strictly greater: ties stay with the first; NaN wins
+        y = jnp.where(wins, tap, y)
+        winner = jnp.where(wins, jnp.int8(t), winner)
+    return y, winner
 
 
-def _window_taps(x: jax.Array, y: jax.Array, stride: int, window: int):
-    """For each tap (i, j) of the window: its offset and the strided view of ``x`` it sees."""
-    span_h, span_w = stride * (y.shape[1] - 1) + 1, stride * (y.shape[2] - 1) + 1
-    for i in range(window):
-        for j in range(window):
-            yield i, j, x[:, i : i + span_h : stride, j : j + span_w : stride]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool_1d(x: jax.Array, window: int, stride: int, axis: int) -> jax.Array:
+    return _max_and_winner(x, window, stride, axis)[0]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _max_pool(x: jax.Array, window: int, stride: int) -> jax.Array:
-    return _reduce_max(x, window, stride)
+def _max_pool_1d_fwd(x, window, stride, axis):
+    y, winner = _max_and_winner(x, window, stride, axis)
+    return y, (winner, x.shape[axis])
 
 
-def _max_pool_fwd(x, window, stride):
-    y = _reduce_max(x, window, stride)
-    return y, (x, y)
+def _max_pool_1d_bwd(window, stride, axis, residuals, g):
+    winner, size = residuals
+    # Input position stride * q + r is tap r + stride * m of output q - m: each of the stride
+    # phases r is a sum of shifted, masked copies of g at the output's length, and the phases
+    # interleave into the gradient in one copy.
+    out, zero = g.shape[axis], jnp.zeros((), g.dtype)
+    per_phase = -(-size // stride)
+    phases = []
+    for r in range(stride):
+        phase = jnp.zeros((*g.shape[:axis], per_phase, *g.shape[axis + 1 :]), g.dtype)
+        for t in range(r, window, stride):
+            shift = t // stride  # lax.pad crops where the high padding is negative
+            pads = [(0, 0, 0)] * g.ndim
+            pads[axis] = (shift, per_phase - out - shift, 0)
+            phase = phase + jax.lax.pad(jnp.where(winner == t, g, zero), zero, pads)
+        phases.append(phase)
+    dx = jnp.stack(phases, axis=axis + 1)
+    dx = dx.reshape(*g.shape[:axis], per_phase * stride, *g.shape[axis + 1 :])
+    return (jax.lax.slice_in_dim(dx, 0, size, axis=axis),)
 
 
-def _max_pool_bwd(window, stride, residuals, g):
-    x, y = residuals
-    # The first tap (row-major) that holds the maximum wins the whole cotangent.
-    winner = jnp.full(y.shape, window * window, jnp.int8)
-    for i, j, view in reversed(list(_window_taps(x, y, stride, window))):
-        winner = jnp.where(view == y, jnp.int8(i * window + j), winner)
-    # Scatter by phase: input row stride * q + r receives from tap r + stride * m of output row
-    # q - m. Each of the stride x stride phases is a sum of shifted, masked copies of g at the
-    # output's resolution (one fused loop), and the phases interleave into dx in one copy.
-    zero = jnp.zeros((), g.dtype)
-    (b, out_h, out_w, c), (in_h, in_w) = y.shape, x.shape[1:3]
-    q_h, q_w = -(-in_h // stride), -(-in_w // stride)
-    rows = []
-    for ry in range(stride):
-        phases = []
-        for rx in range(stride):
-            phase = jnp.zeros((b, q_h, q_w, c), g.dtype)
-            for ty in range(ry, window, stride):
-                for tx in range(rx, window, stride):
-                    mine = jnp.where(winner == ty * window + tx, g, zero)
-                    my, mx = ty // stride, tx // stride  # lax.pad crops where negative
-                    pads = ((0, 0, 0), (my, q_h - out_h - my, 0), (mx, q_w - out_w - mx, 0))
-                    phase = phase + jax.lax.pad(mine, zero, (*pads, (0, 0, 0)))
-            phases.append(phase)
-        rows.append(jnp.stack(phases, axis=3))  # [b, q_h, q_w, rx, c]
-    dx = jnp.stack(rows, axis=2).reshape(b, q_h * stride, q_w * stride, c)
-    return (dx[:, :in_h, :in_w],)
-
-
-_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+_max_pool_1d.defvjp(_max_pool_1d_fwd, _max_pool_1d_bwd)

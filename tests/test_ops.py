@@ -129,6 +129,9 @@ def test_split_groups_gradients_equal_feature_group_count():
         ((2, 13, 13, 4), 3, 2, 'VALID'),  # overlapping, as the paper
         ((2, 12, 12, 4), 2, 2, 'VALID'),  # non-overlapping
         ((2, 7, 7, 3), 3, 2, 'SAME'),  # the small variant's padded pools
+        ((2, 11, 14, 3), 3, 2, 'VALID'),  # height and width differ
+        ((2, 13, 9, 3), 2, 2, 'VALID'),  # the last row and column are in no window
+        ((1, 10, 10, 2), 3, 3, 'VALID'),  # stride = window
     ],
 )
 @pytest.mark.parametrize('ties', [False, True])
@@ -145,6 +148,30 @@ def test_max_pool_values_and_gradients_equal_flax(shape, window, stride, padding
     g_ours = jax.grad(lambda x: jnp.sum(ours(x) * cot))(x)
     g_ref = jax.grad(lambda x: jnp.sum(ref(x) * cot))(x)
     np.testing.assert_allclose(g_ours, g_ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('where', [(0, 0), (1, 2), (2, 1), (4, 4)])
+def test_max_pool_passes_nan_on_as_flax_does(where):
+    """A NaN anywhere in a window makes that output NaN (a NaN guard downstream must see it)."""
+    x = np.random.default_rng(3).normal(size=(1, 7, 7, 2)).astype(np.float32)
+    x[0, where[0], where[1], 1] = np.nan
+    ours = np.asarray(ops.max_pool(jnp.asarray(x), 3, 2))
+    ref = np.asarray(nn.max_pool(jnp.asarray(x), (3, 3), (2, 2)))
+    assert np.isnan(ref).any()
+    np.testing.assert_array_equal(ours, ref)  # NaN where the reference has NaN, else equal
+
+
+def test_max_pool_bfloat16_equals_flax():
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 13, 13, 8)), jnp.bfloat16)
+    cot = jnp.asarray(np.random.default_rng(5).normal(size=(2, 6, 6, 8)), jnp.bfloat16)
+    ref = lambda x: nn.max_pool(x, (3, 3), (2, 2))
+    ours = lambda x: ops.max_pool(x, 3, 2)
+    np.testing.assert_array_equal(ours(x), ref(x))
+    grad = lambda f: np.asarray(jax.grad(lambda x: jnp.sum(f(x) * cot))(x), np.float32)
+    # Where windows overlap, up to four cotangents add up, in another order and with bfloat16
+    # rounding in between (2^-8 of each), so equal to bfloat16's resolution, not bit for bit.
+    np.testing.assert_allclose(grad(ours), grad(ref), rtol=2**-6, atol=2**-5)
+    np.testing.assert_array_equal(grad(ours) != 0, grad(ref) != 0)  # the same winners
 
 
 def test_ops_and_the_model_never_ask_for_the_backend_when_traced(monkeypatch):
