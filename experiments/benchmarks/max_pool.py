@@ -1,7 +1,7 @@
-"""Max-pool gradient: ``ops.max_pool``'s phase-by-phase scatter against autodiff, side by side.
+"""Max-pool gradient: ``ops.max_pool``'s two 1-D passes against autodiff, side by side.
 
-Autodiff of ``reduce_window`` goes through XLA's select_and_scatter; ``ops.max_pool`` records
-which tap of each window won and scatters the cotangent phase by phase (same gradient). This
+Autodiff of ``reduce_window`` goes through XLA's select_and_scatter; ``ops.max_pool`` pools the
+width and then the height, each pass keeping its winning tap (same values and gradient). This
 times both on the backend JAX runs on, in one process, alternating:
 - forward + backward of each of the variant's three pools, at the step's batch size, in a loss;
 - the whole training step (``train_step.py``'s JAX side) built with each: the second's model
@@ -79,12 +79,12 @@ def step_times(variant: str, args: argparse.Namespace, pools: dict) -> dict[str,
             runner = train_step.JaxRunner(args, variant)
         finally:
             layers.kernels_for = kernels_for
-        runner._run(wait=True)
+        runner.run_step(wait=True)
         runners[name] = runner
     times = {name: [] for name in runners}
     for _ in range(args.repeats):
         for name, runner in runners.items():
-            runner._run(wait=True)  # one untimed step between the versions
+            runner.run_step(wait=True)  # one untimed step between the versions
             times[name].append(1e3 * train_step.timed_steps(runner, args.steps)['time'])
     return {name: statistics.median(t) for name, t in times.items()}
 

@@ -124,7 +124,7 @@ class TorchRunner:
         self.labels = torch.randint(0, 1000, (args.batch,), generator=gen).to(self.dev)
         self.device = torch.cuda.get_device_name() if self.dev.type == 'cuda' else 'cpu'
 
-    def _run(self, wait: bool) -> None:
+    def run_step(self, wait: bool) -> None:
         self.opt.zero_grad(set_to_none=True)
         loss = self.loss_of(self.images, self.labels)
         loss.backward()
@@ -134,7 +134,7 @@ class TorchRunner:
 
     def first_step(self) -> dict:
         start = time.perf_counter()
-        self._run(wait=True)
+        self.run_step(wait=True)
         return {'first_step_s': time.perf_counter() - start}
 
     def memory(self) -> dict:

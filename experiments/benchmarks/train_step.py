@@ -119,13 +119,13 @@ class JaxRunner:
 
         self.jax.monitoring.register_event_duration_secs_listener(listener)
         start = time.perf_counter()
-        self._run(wait=True)
+        self.run_step(wait=True)
         first = time.perf_counter() - start
         self.jax.monitoring.unregister_event_duration_listener(listener)
         backend = sum(v for k, v in durations.items() if 'backend_compile' in k)
         return {'first_step_s': first, 'compile_s': backend, 'compile_events': durations}
 
-    def _run(self, wait: bool) -> None:
+    def run_step(self, wait: bool) -> None:
         self.state, metrics = self.step(self.state, self.batch, self.rng)
         if wait:
             self.jax.block_until_ready((self.state, metrics))
@@ -161,7 +161,7 @@ def timed_steps(runner: 'JaxRunner | TorchRunner', n: int) -> dict:
     """
     start, start_cpu = time.perf_counter(), time.process_time()
     for i in range(n):
-        runner._run(wait=i == n - 1)
+        runner.run_step(wait=i == n - 1)
     return {'time': (time.perf_counter() - start) / n, 'cpu': (time.process_time() - start_cpu) / n}
 
 
