@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from alexnet_jax import ops
+from alexnet_jax import onednn_conv, ops
 from alexnet_jax.lrn import LRN
 
 Initializer = Callable[..., jax.Array]
@@ -39,7 +39,9 @@ class Kernels:
 def kernels_for(backend: str) -> Kernels:
     """The fastest kernels measured on ``backend`` ('cpu', 'gpu', 'tpu', ...); see ``ops``."""
     if backend == 'cpu':
-        return Kernels(ops.split_grouped_conv, ops.dense, ops.add_bias, ops.max_pool)
+        # oneDNN's convolutions where they build (see onednn_conv), else XLA's, group by group.
+        conv = onednn_conv.conv if onednn_conv.enabled() else ops.split_grouped_conv
+        return Kernels(conv, ops.dense, ops.add_bias, ops.max_pool)
     if backend == 'gpu':
         return Kernels(max_pool=ops.max_pool)  # its gradient is faster there too
     return Kernels()

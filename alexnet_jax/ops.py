@@ -119,10 +119,10 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: str = 'VALID') -> 
     select_and_scatter, which XLA runs slowly. On XLA:CPU (batch 32, fp32, 2 cores, JAX 0.10.2)
     a pool's forward and backward take 3.6-11x less time than autodiff's, and 1.0-4.9x less (most
     for pool5) than the earlier form of this function, which kept the input and scattered the
-    whole window at once (``experiments/logs/2026-12-03-vm-issue19-pool/``; ``experiments/benchmarks/
-    max_pool.py`` measures it on any backend). Backends other than CPU and GPU keep autodiff
-    (:func:`plain_max_pool`); on GPU this form is not measured yet (the earlier one was faster
-    than autodiff there).
+    whole window at once (``experiments/logs/2026-12-03-vm-issue19-pool/``;
+    ``experiments/benchmarks/max_pool.py`` measures it on any backend). Backends other than CPU
+    and GPU keep autodiff (:func:`plain_max_pool`); on GPU this form is not measured yet (the
+    earlier one was faster than autodiff there).
     """
     if padding != 'VALID':
         pads = jax.lax.padtype_to_pads(x.shape[1:3], (window, window), (stride, stride), padding)

@@ -3,7 +3,8 @@
 Where the training-step benchmark says how far apart the two frameworks are, this one says
 where: the forward pass, input gradient and kernel gradient of each convolution, each fully
 connected layer and each max-pool, at the step's batch size, float32, on CPU. Ours are the ops
-the model uses (``ops.split_grouped_conv``, ``ops.dense``, ``ops.max_pool``), jitted one at a
+the model uses on CPU (``layers.kernels_for('cpu')``: oneDNN's or XLA's convolutions,
+``ops.dense``, ``ops.max_pool``), jitted one at a
 time; PyTorch's are ``conv2d`` and ``torch.nn.grad``, ``linear`` and ``max_pool2d``, the
 convolutions and pools channels-last (its faster layout on CPU, as in the training step's best
 PyTorch setting). Both run in this process, alternating, after
@@ -31,7 +32,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from alexnet_jax import ops  # noqa: E402
+from alexnet_jax import layers, ops  # noqa: E402
 from experiments.benchmarks.lrn import time_call  # noqa: E402
 
 # (name, input size, in channels, out channels, kernel, stride, padding, groups)
@@ -59,6 +60,9 @@ POOLS = {
 FCS = [('fc6', 9216, 4096), ('fc7', 4096, 4096), ('fc8', 4096, 1000)]
 
 
+KERNELS = layers.kernels_for('cpu')
+
+
 def _ready(fn: Callable, *args: object) -> object:
     return jax.block_until_ready(fn(*args))
 
@@ -70,7 +74,7 @@ def conv_rows(variant: str, batch: int, rng: np.random.Generator, torch) -> list
         w = (0.01 * rng.normal(size=(k, k, cin // groups, cout))).astype(np.float32)
 
         def conv(x, w, stride=stride, pad=pad, groups=groups):
-            return ops.split_grouped_conv(
+            return KERNELS.conv(
                 x,
                 w,
                 (stride, stride),
