@@ -12,6 +12,7 @@ with this interpreter (e.g. the commit before a change, for a before/after in on
 """
 
 import argparse
+import ctypes
 import datetime
 import importlib.metadata
 import json
@@ -38,6 +39,7 @@ BENCHMARKS = {
     'record_formats': ('record_formats', []),
     'end_to_end': ('end_to_end', ['--json', '{json}']),
     'seeds_vmap': ('seeds_vmap', ['--json', '{json}']),
+    'pinned_runs': ('pinned_runs', []),
     'kernel_candidates': ('kernel_candidates', []),
     # PyTorch's defaults, and its settings that measured fastest on CPU with and without
     # torch.compile: the fastest of them per variant is PyTorch at its best (issue 19).
@@ -97,6 +99,21 @@ ENVIRONMENT = (
 )
 
 
+def onednn_version() -> str | None:
+    """The system oneDNN's version (what alexnet_jax/onednn_conv.py links), if it loads."""
+
+    class Version(ctypes.Structure):
+        _fields_ = [('major', ctypes.c_int), ('minor', ctypes.c_int), ('patch', ctypes.c_int)]
+
+    try:
+        library = ctypes.CDLL('libdnnl.so.2')  # Debian 12's libdnnl2 (oneDNN 2.x)
+    except OSError:
+        return None
+    library.dnnl_version.restype = ctypes.POINTER(Version)
+    v = library.dnnl_version().contents
+    return f'{v.major}.{v.minor}.{v.patch}'
+
+
 def machine_record(repo: str) -> dict:
     """Where and with what the benchmarks ran."""
     lscpu = _command_output(['lscpu']) or ''
@@ -109,7 +126,7 @@ def machine_record(repo: str) -> dict:
         'repo': repo,
         'commit': commit.strip() if commit else None,
         'python': platform.python_version(),
-        'versions': {p: _version(p) for p in PACKAGES},
+        'versions': {**{p: _version(p) for p in PACKAGES}, 'onednn': onednn_version()},
         'cpus': os.cpu_count(),
         'instruction_set': isa,
         'lscpu': lscpu,
