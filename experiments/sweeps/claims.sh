@@ -5,6 +5,11 @@
 #
 #   nohup bash experiments/sweeps/claims.sh > /work/sweeps/claims.log 2>&1 &
 #   bash experiments/sweeps/claims.sh pooling towers
+#
+# On a 2-core host two chains, each pinned to a core, get 1.35x the images through
+# (experiments/benchmarks/pinned_runs.py); keep augmentation after dropout (it copies from it):
+#   taskset -c 0 bash experiments/sweeps/claims.sh towers &
+#   taskset -c 1 bash experiments/sweeps/claims.sh relu_vs_tanh dropout augmentation &
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 SWEEPS=${SWEEPS:-/work/sweeps}
