@@ -137,7 +137,8 @@ def main(argv: list[str]) -> None:
     config = FLAGS.config
     from alexnet_jax import cli, runtime
 
-    settings = runtime.configure(keep_host_memory=True)  # before anything starts threads
+    # Before anything starts threads.
+    settings = runtime.configure(keep_host_memory=True, dispatch_ahead=config.cpu_dispatch_ahead)
     code = 0
     try:
         initialize_distributed()
@@ -148,7 +149,8 @@ def main(argv: list[str]) -> None:
         if jax.process_index() == 0:
             std_logging.getLogger('alexnet_jax').setLevel(std_logging.INFO)
         if settings.keeps_host_memory:
-            log.info('CPU backend: host memory is reused between steps.')
+            ahead = 'dispatched ahead' if config.cpu_dispatch_ahead else 'one at a time'
+            log.info('CPU backend: host memory is reused between steps; steps %s.', ahead)
         code = _train(config)
     except DistributedInitError as error:
         print(f'error: {error}', file=sys.stderr)

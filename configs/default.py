@@ -75,6 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 5_000  # a checkpoint this often (and at each evaluation)
     c.log_every_steps = 100  # a progress line and metrics.jsonl row this often
     c.log_every_seconds = 60.0  # also a line when this long has passed (logs under schedulers)
+    # CPU only. False: one step at a time, so that the reused host memory holds one step's
+    # scratch buffer (436 MB for `paper` at batch 32), not one per step dispatched ahead.
+    c.cpu_dispatch_ahead = False
     c.eval_crops = 10  # 1 (centre) | 10 (Section 4.1: four corners + centre, and mirrors)
     # None: the whole split; N: its first N images (whole batches); 0: no evaluation at all.
     c.eval_num_examples = ml_collections.config_dict.placeholder(int)  # images per evaluation

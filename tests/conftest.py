@@ -3,9 +3,9 @@
 import fcntl
 import os
 
-# Before anything imports jax: the pmapped step, towers and multi-host tests need devices.
 # pytest-xdist runs one worker per core: oneDNN's convolutions (OpenMP) use one thread each.
 os.environ.setdefault('OMP_NUM_THREADS', '1')
+# Before anything imports jax: the pmapped step, towers and multi-host tests need devices.
 os.environ['XLA_FLAGS'] = (
     os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=4'
 ).strip()

@@ -41,6 +41,7 @@ BENCHMARKS = {
     'seeds_vmap': ('seeds_vmap', ['--json', '{json}']),
     'pinned_runs': ('pinned_runs', []),
     'kernel_candidates': ('kernel_candidates', []),
+    'host_malloc': ('host_malloc', ['--json', '{json}']),
     # PyTorch's defaults, and its settings that measured fastest on CPU with and without
     # torch.compile: the fastest of them per variant is PyTorch at its best (issue 19).
     'train_step': (

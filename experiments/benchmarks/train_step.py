@@ -6,8 +6,9 @@ placed once, so the step is measured, not the input pipeline), state created by
 ``steps.create_train_state`` and placed by ``parallel.replicate``. The step includes the on-device
 preprocessing (uint8 -> float, PCA colour noise, mean-image subtraction), the forward and backward
 pass, the ``pmean`` and Section 5's SGD update (momentum 0.9, weight decay 5e-4). Its worker
-process starts as ``main.py`` does: ``runtime.configure(keep_host_memory=True)`` first (on CPU,
-glibc keeps freed memory for the next step, and XLA:CPU's YNNPACK fusions are on).
+process starts as ``main.py`` does with the ImageNet configs: ``runtime.configure(
+keep_host_memory=True, dispatch_ahead=False)`` first (on CPU, glibc keeps freed memory for the
+next step, one step runs at a time, and XLA:CPU's YNNPACK fusions are on).
 
 The PyTorch side is the same architecture, written in ``torch_peer.py``: grouped convolutions
 (``groups=2``) for ``paper``, ``nn.LocalResponseNorm(5, alpha=5e-4, beta=0.75, k=2)`` (PyTorch
@@ -174,7 +175,9 @@ def worker(args: argparse.Namespace) -> None:
     from alexnet_jax import runtime, xla_cpu
 
     if args.worker == 'jax':
-        keeps_memory = runtime.configure(keep_host_memory=True).keeps_host_memory
+        # As main.py with the ImageNet configs (cpu_dispatch_ahead False).
+        settings = runtime.configure(keep_host_memory=True, dispatch_ahead=False)
+        keeps_memory = settings.keeps_host_memory
         runner = JaxRunner(args, args.variant)
     else:
         flags = torch_flags(args.worker.removeprefix('torch:'))

@@ -1,0 +1,139 @@
+"""Which glibc malloc setting should a CPU training step run under? Time, page faults, peak RSS.
+
+XLA:CPU allocates every step's temporary buffer afresh (hundreds of MB for AlexNet at batch 32).
+Three settings, each given to a fresh process through ``GLIBC_TUNABLES`` (glibc reads it when a
+process starts):
+
+- ``default``: glibc's defaults. Blocks this large are mapped anew and unmapped on free, so a
+  step faults in its temporary buffer 4 KiB at a time.
+- ``keep``: freed memory kept in one heap, never trimmed, nothing mapped (``mmap_max=0``,
+  ``trim_threshold`` at its maximum, ``arena_max=1``): what ``main.py`` used before.
+- ``huge``: glibc's defaults with transparent huge pages for the blocks it maps
+  (``glibc.malloc.hugetlb=1``): what ``main.py`` uses now (``xla_cpu.huge_pages_environ``).
+
+Each process builds the training step of ``train_step.py`` (same state, batch and settings),
+runs its first step and a few more, then times ``--steps`` steps in a row (waited for after the
+last, as in training) and reports ms a step, minor page faults a step, and its peak RSS less its
+RSS after imports. Settings alternate within each round; the table gives the median over rounds
+and the range.
+
+    python -m experiments.benchmarks.host_malloc [--variants paper,owt] [--rounds 3] [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+
+KEEP = ':'.join(
+    (
+        'glibc.malloc.mmap_max=0',
+        'glibc.malloc.trim_threshold=2147483647',
+        'glibc.malloc.arena_max=1',
+    )
+)
+# Set (to anything) for synchronous dispatch on the CPU (jax_cpu_enable_async_dispatch off).
+SYNC_ENV = 'HOST_MALLOC_SYNC_DISPATCH'
+# name -> environment variables of the process
+SETTINGS = {
+    'default': {},
+    'keep': {'GLIBC_TUNABLES': KEEP},
+    'keep+sync': {'GLIBC_TUNABLES': KEEP, SYNC_ENV: '1'},
+    'huge': {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'},
+}
+WARMUP_STEPS = 5
+
+
+def child(variant: str, steps: int, batch: int) -> None:
+    """One setting, one variant: prints one JSON line of measurements."""
+    sys.path.insert(0, ROOT)
+    from alexnet_jax import runtime
+
+    runtime.configure()
+    import jax
+
+    if os.environ.get(SYNC_ENV):
+        jax.config.update('jax_cpu_enable_async_dispatch', False)
+    from experiments.benchmarks import train_step
+    from experiments.benchmarks.host_memory import peak_rss_mib
+
+    runner = train_step.JaxRunner(argparse.Namespace(batch=batch, half=False), variant)
+    runner.run_step(wait=True)
+    for _ in range(WARMUP_STEPS):
+        runner.run_step(wait=True)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    timed = train_step.timed_steps(runner, steps)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    result = {
+        'ms_per_step': 1000 * timed['time'],
+        'faults_per_step': faults / steps,
+        'peak_rss_delta_mib': peak_rss_mib() - runner.rss_base,
+    }
+    print(json.dumps(result), flush=True)
+
+
+def _measure(setting: str, variant: str, args: argparse.Namespace) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
+    env.update(SETTINGS[setting])
+    command = [sys.executable, '-m', 'experiments.benchmarks.host_malloc', '--child', variant]
+    command += ['--steps', str(args.steps), '--batch', str(args.batch)]
+    out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f'{setting} {variant}: exit {out.returncode}\n{out.stderr[-2000:]}')
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _cell(values: list[float]) -> str:
+    return f'{statistics.median(values):.0f} ({min(values):.0f}-{max(values):.0f})'
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--variants', default='paper,owt')
+    parser.add_argument('--rounds', type=int, default=3)
+    parser.add_argument('--steps', type=int, default=10)
+    parser.add_argument('--batch', type=int, default=32)
+    parser.add_argument('--json', help='write the measurements here')
+    parser.add_argument('--child', help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child, args.steps, args.batch)
+        return
+    with open('/sys/kernel/mm/transparent_hugepage/enabled') as f:
+        thp = f.read().strip()
+    print(f'glibc {platform.libc_ver()[1]}, transparent huge pages: {thp}; batch {args.batch}')
+    results: dict[str, dict[str, list[dict]]] = {}
+    for variant in args.variants.split(','):
+        runs = results.setdefault(variant, {s: [] for s in SETTINGS})
+        for r in range(args.rounds):
+            for setting in SETTINGS:
+                runs[setting].append(_measure(setting, variant, args))
+                print(f'{variant} round {r + 1} {setting}: {runs[setting][-1]}', flush=True)
+    print('\n| variant | malloc | ms a step | page faults a step | peak RSS MiB |')
+    print('|---|---|---:|---:|---:|')
+    for variant, runs in results.items():
+        for setting, measured in runs.items():
+            cells = [
+                _cell([m[key] for m in measured])
+                for key in ('ms_per_step', 'faults_per_step', 'peak_rss_delta_mib')
+            ]
+            print(f'| {variant} | {setting} | ' + ' | '.join(cells) + ' |')
+    print(
+        f'median (range) over {args.rounds} rounds, settings alternated; {args.steps} steps '
+        f'timed after {WARMUP_STEPS + 1}; peak RSS less the RSS after imports'
+    )
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump({'settings': SETTINGS, 'thp': thp, 'results': results}, f, indent=1)
+
+
+if __name__ == '__main__':
+    main()
