@@ -90,26 +90,30 @@ void Reorder(memory& from, memory& to, dnnl::stream& stream) {
   dnnl::reorder(from, to).execute(stream, from, to);
 }
 
+// Runs `primitive` (the forward or the input gradient) with the kernel reordered from HWIO into
+// the layout `pd` chose; `x_arg` and `y_arg` name the image's and the output's arguments.
+template <typename PrimitiveDesc>
+void RunWithKernel(const dnnl::primitive& primitive, const PrimitiveDesc& pd, const Geometry& g,
+                   int x_arg, void* x, void* kernel, int y_arg, void* y, dnnl::stream& stream) {
+  memory user_kernel = Wrap(g.kernel_hwio(), kernel);
+  Owned k(pd.weights_desc()), scratch(pd.scratchpad_desc());
+  Reorder(user_kernel, k.mem, stream);
+  primitive.execute(stream, {{x_arg, Wrap(g.x(), x)},
+                             {DNNL_ARG_WEIGHTS, k.mem},
+                             {y_arg, Wrap(g.y(), y)},
+                             {DNNL_ARG_SCRATCHPAD, scratch.mem}});
+  stream.wait();  // before `k` and `scratch` are freed
+}
+
 ffi::Error Run(Kind kind, const Geometry& g, void* x, void* kernel, void* y) {
   try {
     Plan& plan = PlanFor(g);
     dnnl::stream stream(Engine());
     if (kind == Kind::kForward) {
-      memory user_kernel = Wrap(g.kernel_hwio(), kernel);
-      Owned k(plan.fwd_pd.weights_desc()), scratch(plan.fwd_pd.scratchpad_desc());
-      Reorder(user_kernel, k.mem, stream);
-      plan.fwd.execute(stream, {{DNNL_ARG_SRC, Wrap(g.x(), x)},
-                                {DNNL_ARG_WEIGHTS, k.mem},
-                                {DNNL_ARG_DST, Wrap(g.y(), y)},
-                                {DNNL_ARG_SCRATCHPAD, scratch.mem}});
+      RunWithKernel(plan.fwd, plan.fwd_pd, g, DNNL_ARG_SRC, x, kernel, DNNL_ARG_DST, y, stream);
     } else if (kind == Kind::kInputGrad) {
-      memory user_kernel = Wrap(g.kernel_hwio(), kernel);
-      Owned k(plan.bwd_data_pd.weights_desc()), scratch(plan.bwd_data_pd.scratchpad_desc());
-      Reorder(user_kernel, k.mem, stream);
-      plan.bwd_data.execute(stream, {{DNNL_ARG_DIFF_SRC, Wrap(g.x(), x)},
-                                     {DNNL_ARG_WEIGHTS, k.mem},
-                                     {DNNL_ARG_DIFF_DST, Wrap(g.y(), y)},
-                                     {DNNL_ARG_SCRATCHPAD, scratch.mem}});
+      RunWithKernel(plan.bwd_data, plan.bwd_data_pd, g, DNNL_ARG_DIFF_SRC, x, kernel,
+                    DNNL_ARG_DIFF_DST, y, stream);
     } else {
       Owned dk(plan.bwd_weights_pd.diff_weights_desc());
       Owned scratch(plan.bwd_weights_pd.scratchpad_desc());
@@ -119,8 +123,8 @@ ffi::Error Run(Kind kind, const Geometry& g, void* x, void* kernel, void* y) {
                                         {DNNL_ARG_SCRATCHPAD, scratch.mem}});
       memory user_kernel = Wrap(g.kernel_hwio(), kernel);
       Reorder(dk.mem, user_kernel, stream);
+      stream.wait();  // before `dk` and `scratch` are freed
     }
-    stream.wait();
   } catch (const dnnl::error& e) {
     return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
   }

@@ -47,7 +47,7 @@ def configure(*, keep_host_memory: bool = False, dispatch_ahead: bool = True) ->
       steps dispatched ahead each hold one, and memory that is kept, not returned, keeps them
       all: peak RSS 2.0 GB against 1.2 GB one step at a time, at the same speed
       (experiments/benchmarks/host_malloc.py; RESULTS.md, issue 19). A net with a small scratch
-      buffer loses little memory and gains ~6% from dispatching ahead (the quick start).
+      buffer loses little memory and gains ~5% from dispatching ahead (the quick start).
     """
     on_cpu = xla_cpu.runs_on_cpu()
     os.environ.setdefault(TF_LOG_LEVEL_ENV, '2')
