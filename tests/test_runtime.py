@@ -152,3 +152,27 @@ def test_kept_host_memory_holds_one_steps_scratch_buffer():
     # the kept memory grows by several of them (here 2-6).
     ahead = _run_script(_SCRATCH_SCRIPT, 'ahead')
     assert ahead['async'] is True and ahead['growth_mib'] > 1.5 * ahead['scratch_mib']
+
+
+_DEVICES_SCRIPT = """
+import json
+from alexnet_jax import runtime
+runtime.configure(keep_host_memory=True, dispatch_ahead=False)
+import jax, jax.numpy as jnp
+step = jax.pmap(lambda x: jax.lax.psum(x, 'i'), axis_name='i')
+n = jax.local_device_count()
+for _ in range(5):
+    total = step(jnp.arange(n * 1000.0).reshape(n, 1000))
+print(json.dumps({'async': jax.config.values['jax_cpu_enable_async_dispatch'], 'devices': n,
+                  'sum': float(total[0].sum())}))
+"""
+
+
+def test_one_step_at_a_time_runs_a_collective_over_several_devices():
+    # Each device's part of a pmapped step waits for the others in the psum: run one at a time
+    # on the calling thread, they would never meet. JAX runs them together (no hang).
+    out = _run_script(
+        _DEVICES_SCRIPT, env={'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
+    )
+    n = 4 * 1000
+    assert out == {'async': False, 'devices': 4, 'sum': float(n * (n - 1) / 2)}
