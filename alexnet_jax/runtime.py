@@ -24,7 +24,7 @@ class Settings:
 
     on_cpu: bool  # JAX will run on its CPU backend
     ynn_fusions: bool  # XLA:CPU's YNNPACK dot fusions requested (see xla_cpu.py)
-    keeps_host_memory: bool  # glibc keeps freed memory, one step at a time (see configure)
+    keeps_host_memory: bool  # glibc keeps freed memory (see configure)
 
 
 def configure(*, keep_host_memory: bool = False, dispatch_ahead: bool = True) -> Settings:

@@ -62,8 +62,9 @@ def keep_host_memory() -> bool:
     step faults in and zeroes ~100k new pages (`owt`, batch 32: ~400 MB). Served from the heap,
     never trimmed, in one arena (other arenas' heaps cannot hold blocks over 64 MB and fall back
     to mmap), the same pages are reused and a step faults none: 5-13% faster (up to 1.5x for
-    ``paper``). With JAX's asynchronous dispatch the heap holds two steps' scratch buffers:
-    :func:`alexnet_jax.runtime.configure` turns it off alongside.
+    ``paper``). With JAX's asynchronous dispatch the heap holds two or more steps' scratch
+    buffers: :func:`alexnet_jax.runtime.configure` turns that off alongside where the config
+    asks (``cpu_dispatch_ahead=False``).
 
     Only on the CPU backend: an accelerator's memory has its own allocator, and one arena could
     slow a many-threaded input pipeline on a large host. Call it first thing in the process,

@@ -1,15 +1,18 @@
 """Which glibc malloc setting should a CPU training step run under? Time, page faults, peak RSS.
 
 XLA:CPU allocates every step's temporary buffer afresh (hundreds of MB for AlexNet at batch 32).
-Three settings, each given to a fresh process through ``GLIBC_TUNABLES`` (glibc reads it when a
-process starts):
+Four settings, each given to a fresh process through its environment (glibc reads
+``GLIBC_TUNABLES`` when a process starts):
 
 - ``default``: glibc's defaults. Blocks this large are mapped anew and unmapped on free, so a
   step faults in its temporary buffer 4 KiB at a time.
 - ``keep``: freed memory kept in one heap, never trimmed, nothing mapped (``mmap_max=0``,
-  ``trim_threshold`` at its maximum, ``arena_max=1``): what ``main.py`` used before.
+  ``trim_threshold`` at its maximum, ``arena_max=1``, as ``xla_cpu.keep_host_memory`` sets
+  them), steps dispatched ahead: what ``main.py`` did before.
+- ``keep+sync``: the same, one step at a time (``jax_cpu_enable_async_dispatch`` off): what
+  ``main.py`` does with the ImageNet configs (``cpu_dispatch_ahead=False``).
 - ``huge``: glibc's defaults with transparent huge pages for the blocks it maps
-  (``glibc.malloc.hugetlb=1``): what ``main.py`` uses now (``xla_cpu.huge_pages_environ``).
+  (``glibc.malloc.hugetlb=1``): tried, not used.
 
 Each process builds the training step of ``train_step.py`` (same state, batch and settings),
 runs its first step and a few more, then times ``--steps`` steps in a row (waited for after the
