@@ -197,7 +197,7 @@ def test_paper_shape_after_every_stage():
 
 
 @pytest.mark.parametrize('layer', ['conv2', 'conv4', 'conv5'])
-@pytest.mark.parametrize('backend', ['cpu', 'tpu'])  # groups split into convolutions, or not
+@pytest.mark.parametrize('backend', ['cpu', 'gpu', 'tpu'])  # groups split or not
 def test_grouping_splits_the_towers(layer, backend):
     model = alexnet('small', num_classes=10, backend=backend)
     variables, images = _small_variables(), _images()

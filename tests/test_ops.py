@@ -33,7 +33,7 @@ def _dense(backend, *args, **kwargs):
     return layers.Dense(*args, dense=kernels.dense, add_bias=kernels.add_bias, **kwargs)
 
 
-@pytest.mark.parametrize('backend', ['cpu', 'tpu'])
+@pytest.mark.parametrize('backend', ['cpu', 'gpu', 'tpu'])
 @pytest.mark.parametrize(
     ('shape', 'kernel', 'stride', 'padding', 'groups'),
     [
@@ -70,7 +70,7 @@ def test_conv2d_equals_flax_conv_in_parameters_values_and_gradients(
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize('backend', ['cpu', 'tpu'])
+@pytest.mark.parametrize('backend', ['cpu', 'gpu', 'tpu'])
 @pytest.mark.parametrize(('batch', 'inputs', 'features'), [(4, 72, 40), (1, 9, 3), (32, 300, 17)])
 def test_dense_equals_flax_dense_in_parameters_values_and_gradients(
     batch, inputs, features, backend

@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
-# Issue 7's and 19's GPU figures: the train-step benchmark against PyTorch at batch 128 and 256,
-# bf16, PyTorch at its best (torch.compile max-autotune of the forward pass and loss, CUDA graphs,
-# channels-last, fused SGD). On a GPU machine with this project's
-# requirements installed it needs nothing else. It also runs where TensorFlow and ml-collections
-# are missing and cannot be installed, as on the lent GPU machines here (JAX, Flax, optax, orbax
-# and PyTorch, no network), as one call of the device tool:
+# Issue 19's GPU figures, in one call that fits a short lease: the grouped convolutions against two
+# plain ones (grouped_conv.py), then the train-step benchmark at batch 256 in bf16 against PyTorch
+# at its best (the whole step in one CUDA graph, Inductor's max-autotune kernels, channels-last,
+# fused SGD) and its other settings, three separate runs, then batch 128 if time is left. Every
+# part has its own time limit inside BUDGET seconds (default 540), and each writes its log and
+# JSON to $OUT as it goes, so that a cut leaves what was measured. On a GPU machine with this
+# project's requirements installed (requirements-bench-gpu.txt) it needs nothing else. It also
+# runs where TensorFlow and ml-collections are missing and cannot be installed, as on the lent GPU
+# machines here (JAX, Flax, optax, orbax and PyTorch, no network), as one call of the device tool:
 #
 #   pip download --no-deps ml-collections==1.1.0 -d .whl      # here; .whl/ is git-ignored
-#   run(command='bash experiments/benchmarks/gpu.sh', carry=['.whl'])
+#   run(command='bash experiments/benchmarks/gpu.sh', carry=['.whl'], timeout_s=600)
 #
 # The step's data is synthetic (numpy), so TensorFlow is never called; where it is missing,
 # empty stand-ins for tensorflow and tensorflow_datasets let the package import, and any call
-# into them raises. A short smoke run comes first, so that a broken setup fails in seconds, not
-# after compiling. Logs and JSON go to $OUT. BATCHES and BATCH_TIMEOUT override the batch sizes
-# and each one's time limit.
+# into them raises. A short smoke run comes first, so that a broken setup fails in seconds.
+# Logs and JSON go to $LOGS (default /tmp/gpu-logs); after each part they are packed again into
+# $OUT/gpu-logs.tar.gz (one file: what the device tool brings back).
 set -uo pipefail
-out=${OUT:-/tmp/gpu-bench}
-mkdir -p "$out"
+out=${LOGS:-/tmp/gpu-logs}
+mkdir -p "$out" "${OUT:=/tmp/gpu-bench}"
+pack() { tar -czf "$OUT/gpu-logs.tar.gz" -C "$out" .; }
 export PYTHONUNBUFFERED=1
-
+budget=${BUDGET:-540}
+left() { echo $((budget - SECONDS)); }
+# Our compiled steps are kept between the runs (the first run's first step is the cold one).
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jax-cache}
 if ! python3 -c 'import ml_collections' 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -54,28 +61,49 @@ EOF
   export PYTHONPATH=/tmp/standin${PYTHONPATH:+:$PYTHONPATH}
 fi
 
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv |
-  tee "$out/gpu.txt"
-python3 -c 'import jax, flax, optax, torch, orbax.checkpoint as o; print("jax", jax.__version__,
-  "flax", flax.__version__, "optax", optax.__version__, "torch", torch.__version__, jax.devices())' |
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.sm,temperature.gpu,power.draw --format=csv
+  nvidia-smi
+  lscpu | grep -E 'Model name|^CPU\(s\)|Flags' | cut -c1-200
+  uptime
+} > "$out/machine.txt" 2>&1
+python3 -c 'import sys, jax, flax, optax, torch, orbax.checkpoint as o; print("python",
+  sys.version.split()[0], "jax", jax.__version__, "flax", flax.__version__, "optax",
+  optax.__version__, "torch", torch.__version__, "cuda", torch.version.cuda, jax.devices())' |
   tee "$out/versions.txt" || exit 1
 # SETUP_ONLY=1: stop here (then PYTHONPATH=/tmp/site:/tmp/standin for one's own checks).
 [ -z "${SETUP_ONLY:-}" ] || exit 0
 
 bench=experiments/benchmarks/train_step.py
-# PyTorch at its best on a GPU (max-autotune: CUDA graphs, channels-last, fused SGD, bf16), with
-# the default torch.compile mode as a second row.
-common=(--half --torch best-gpu,cl+compile+fused --overlap-compile --peak-size 8192)
-timeout 120 python3 "$bench" --variants owt --batch 8 --repeats 1 --torch '' --peak-size 1024 \
-  --half 2>&1 | tee "$out/smoke.log"
-[ "${PIPESTATUS[0]}" = 0 ] || exit 1
+log() {
+  pack
+  echo "== $(date -u +%T) [${SECONDS}s] $*" | tee -a "$out/gpu.log"
+}
+log "smoke: ours and PyTorch's whole-step graph, owt, batch 8"
+timeout 150 python3 "$bench" --variants owt --batch 8 --repeats 1 --steps 2 --warmup 1 \
+  --torch cl+graph+fused --peak-size 1024 --half 2>&1 | tee "$out/smoke.log"
+[ "${PIPESTATUS[0]}" = 0 ] || { log "smoke failed"; pack; exit 1; }
 
-for batch in ${BATCHES:-128 256}; do
-  timeout "${BATCH_TIMEOUT:-260}" python3 "$bench" --batch "$batch" "${common[@]}" --warmup 5 \
-    --steps 20 --repeats 5 --json "$out/b$batch.json" 2>&1 | tee "$out/b$batch.log"
+log "grouped convolutions, batch 256, bf16"
+timeout 120 python3 experiments/benchmarks/grouped_conv.py --batch 256 --half --steps 50 \
+  --rounds 7 --json "$out/grouped_conv.json" 2>&1 | tee "$out/grouped_conv.log"
+
+# PyTorch at its best (best-gpu: cl+autotune+graph+fused), the whole step in one CUDA graph
+# with cuDNN's kernels (cl+graph+fused), and its defaults (eager).
+common=(--variants owt,single_tower,paper --half --torch "${TORCH_SETTINGS:-best-gpu,cl+graph+fused,eager}" --overlap-compile
+  --peak-size 8192 --mfu-peak-tflops 989 --warmup 10 --steps 30 --repeats 7)
+for run in 1 2 3; do
+  limit=$(($(left) - 10))
+  [ "$limit" -gt 60 ] || { log "no time left for run $run at batch 256"; break; }
+  log "train step, batch 256, run $run (limit ${limit}s)"
+  timeout "$limit" python3 "$bench" --batch 256 "${common[@]}" --json "$out/b256-run$run.json" \
+    2>&1 | tee "$out/b256-run$run.log"
 done
-
-# Issue 16's end-to-end row: alexnet_jax.main at batch 256 (bf16) for 200 steps from a raw
-# prepared set generated here, against synthetic data, with the host cores each run used.
-timeout "${E2E_TIMEOUT:-300}" python3 experiments/benchmarks/end_to_end.py --cases generated \
-  --rounds "${E2E_ROUNDS:-2}" --json "$out/e2e.json" 2>&1 | tee "$out/e2e.log"
+limit=$(($(left) - 5))
+if [ "$limit" -gt 60 ]; then
+  log "train step, batch 128 (limit ${limit}s)"
+  timeout "$limit" python3 "$bench" --batch 128 "${common[@]}" --json "$out/b128.json" 2>&1 |
+    tee "$out/b128.log"
+fi
+log "done"
+pack

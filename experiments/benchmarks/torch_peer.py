@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from experiments.benchmarks.host_memory import peak_rss_mib, rss_mib
 
 if TYPE_CHECKING:  # torch is imported where it is used: the worker sets malloc up first
+    import torch
     from torch import nn
 
 
@@ -54,6 +55,8 @@ TORCH_FLAGS = {
     'cl': 'channels-last memory format (model and input)',
     'compile': 'torch.compile of the forward pass and the loss (default mode)',
     'autotune': 'torch.compile mode="max-autotune": CUDA graphs, autotuned kernels',
+    'graph': 'the whole step (forward, loss, backward, SGD) captured in one CUDA graph, replayed'
+    ' (with autotune: its kernels, mode="max-autotune-no-cudagraphs")',
     'foreach': "SGD's foreach implementation (one call per step over all tensors)",
     'fused': "SGD's fused implementation (one kernel per step)",
     'malloc': 'our malloc settings (alexnet_jax/xla_cpu.py: freed memory kept for reuse)',
@@ -62,7 +65,7 @@ TORCH_FLAGS = {
 TORCH_PRESETS = {
     'eager': '',
     'best-cpu': 'cl+fused+malloc',
-    'best-gpu': 'cl+autotune+fused',
+    'best-gpu': 'cl+autotune+graph+fused',
 }
 
 
@@ -108,15 +111,27 @@ class TorchRunner:
         model.train()
         loss_fn = torch.nn.CrossEntropyLoss()
 
+        self.graphed = 'graph' in flags
+        if self.graphed and self.dev.type != 'cuda':
+            raise ValueError("the 'graph' setting needs a CUDA device")
+        # Inside a captured graph autocast must not cache its casts (PyTorch's CUDA graph notes).
+        cache = not self.graphed
+
         def loss_of(images, labels):
-            with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=args.half):
+            with torch.autocast(
+                self.dev.type, dtype=torch.bfloat16, enabled=args.half, cache_enabled=cache
+            ):
                 return loss_fn(model(images), labels)
 
         if 'autotune' in flags:
-            loss_of = torch.compile(loss_of, mode='max-autotune')
+            # The whole-step graph is ours to capture; Inductor's own graphs would nest in it.
+            mode = 'max-autotune-no-cudagraphs' if self.graphed else 'max-autotune'
+            loss_of = torch.compile(loss_of, mode=mode)
         elif 'compile' in flags:
             loss_of = torch.compile(loss_of)
         self.loss_of = loss_of
+        self.model = model
+        self.graph = None
         size = image_size
         gen = torch.Generator().manual_seed(0)
         images = torch.randn(args.batch, 3, size, size, generator=gen)
@@ -124,11 +139,50 @@ class TorchRunner:
         self.labels = torch.randint(0, 1000, (args.batch,), generator=gen).to(self.dev)
         self.device = torch.cuda.get_device_name() if self.dev.type == 'cuda' else 'cpu'
 
-    def run_step(self, wait: bool) -> None:
+    def eager_step(self) -> 'torch.Tensor':
         self.opt.zero_grad(set_to_none=True)
         loss = self.loss_of(self.images, self.labels)
         loss.backward()
         self.opt.step()
+        return loss
+
+    def capture(self) -> None:
+        """Records one whole step in a CUDA graph (PyTorch's whole-network capture recipe).
+
+        Warm-up steps on a side stream first: cuDNN picks its algorithms, Inductor compiles and
+        SGD creates its momentum buffers, so the captured step is the steady one. Gradients are
+        set to None before capture, so that every replay writes them afresh.
+        """
+        torch = self.torch
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self.eager_step()
+        torch.cuda.current_stream().wait_stream(side)
+        self.opt.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.static_loss = self.loss_of(self.images, self.labels)
+            self.static_loss.backward()
+            self.opt.step()
+        # A replay must train: the last layer's weights move (SGD inside the graph).
+        weight = self.model[-1].weight
+        before = weight.detach().clone()
+        graph.replay()
+        torch.cuda.synchronize()
+        if torch.equal(before, weight.detach()) or not torch.isfinite(self.static_loss).item():
+            raise RuntimeError('the captured step did not update the weights or lost finiteness')
+        self.graph = graph
+
+    def run_step(self, wait: bool) -> None:
+        if self.graphed:
+            if self.graph is None:
+                self.capture()
+            self.graph.replay()
+            loss = self.static_loss
+        else:
+            loss = self.eager_step()
         if wait:
             loss.item()  # waits for the step (and the GPU)
 

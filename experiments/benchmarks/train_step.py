@@ -39,6 +39,7 @@ gradients and the input gradients, less conv1's input gradient (``train_flops``)
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -84,10 +85,14 @@ class JaxRunner:
         # as a training run gets them; no other flag is set.
         import jax
 
-        from alexnet_jax import dataset_stats, input_pipeline, models, parallel, steps
+        from alexnet_jax import dataset_stats, input_pipeline, layers, models, parallel, steps
         from alexnet_jax.synthetic_data import synthetic_train
         from configs import imagenet
 
+        if args.jax_conv == 'lax':  # A/B: XLA's own (grouped) convolution, as before issue 19
+            chosen = layers.kernels_for(jax.default_backend())
+            lax_conv = dataclasses.replace(chosen, conv=jax.lax.conv_general_dilated)
+            layers.kernels_for = lambda backend: lax_conv
         self.jax = jax
         config = imagenet.get_config()
         config.dataset = 'synthetic'
@@ -208,6 +213,7 @@ class Worker:
         self.kind = kind
         cmd = [sys.executable, os.path.abspath(__file__), '--worker', kind, '--variant', variant]
         cmd += ['--batch', str(args.batch)] + ['--half'] * args.half
+        cmd += ['--jax-conv', args.jax_conv]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def read(self) -> dict:
@@ -247,17 +253,41 @@ def bench_variant(variant: str, args: argparse.Namespace) -> dict:
     # step, so that every first step (compile time) is measured on an otherwise idle machine.
     rows: dict[str, dict] = {}
     workers: list[Worker] = []
+    failed: dict[str, str] = {}  # a PyTorch setting that does not build here costs only its row
+
+    def guard(w: Worker, step) -> None:
+        if w.kind in failed:
+            return
+        try:
+            step()
+        except RuntimeError as e:
+            if w.kind == 'jax':
+                raise
+            failed[w.kind] = str(e)
+            print(f'{variant}: {w.kind} failed, left out: {e}', flush=True)
+
+    def ready(w: Worker) -> None:
+        rows[w.kind] = w.read()
+        w.send(op='first')
+
+    def first(w: Worker) -> None:
+        rows[w.kind]['first'] = w.read()
+
     for kind in kinds:
         workers.append(Worker(kind, variant, args))
         if not args.overlap_compile:
-            rows[kind] = workers[-1].read()
-            rows[kind]['first'] = workers[-1].ask(op='first')
-    if args.overlap_compile:
+            guard(workers[-1], lambda w=workers[-1]: ready(w))
+            guard(workers[-1], lambda w=workers[-1]: first(w))
+    if args.overlap_compile:  # every first step is sent before any is waited for
         for w in workers:
-            rows[w.kind] = w.read()
-            w.send(op='first')
+            guard(w, lambda w=w: ready(w))
         for w in workers:
-            rows[w.kind]['first'] = w.read()
+            guard(w, lambda w=w: first(w))
+    for w in workers:
+        if w.kind in failed:
+            rows.pop(w.kind, None)
+            w.proc.kill()
+    workers = [w for w in workers if w.kind not in failed]
     if args.warmup:
         for w in workers:
             w.ask(op='steps', n=args.warmup)
@@ -277,6 +307,8 @@ def bench_variant(variant: str, args: argparse.Namespace) -> dict:
         row['img_s'] = args.batch / row['step_s']
         row['gflops'] = flops / row['step_s'] / 1e9
         row['pct_peak'] = 100 * row['gflops'] / peak
+        if args.mfu_peak_tflops:
+            row['mfu_pct'] = 100 * row['gflops'] / (args.mfu_peak_tflops * 1e3)
         if kind != 'jax':
             row['flags'] = torch_flags(kind.removeprefix('torch:'))
             row['ratio'] = rows['jax']['img_s'] / row['img_s']  # ours / theirs
@@ -288,6 +320,7 @@ def bench_variant(variant: str, args: argparse.Namespace) -> dict:
         'half': args.half,
         'peak_gflops': peak,
         'rows': rows,
+        'failed': failed,
     }
 
 
@@ -299,10 +332,11 @@ def memory_mib(row: dict) -> float:
 
 def table(results: list[dict]) -> str:
     """Markdown: a row per variant and framework setting; ratio = our img/s over the row's."""
+    mfu = any('mfu_pct' in row for r in results for row in r['rows'].values())
     lines = [
         '| variant | side | img/s | ours / this | rounds (min-max ratio) | first step s | MiB '
-        '| % of matmul peak |',
-        '|---|---|---:|---:|---|---:|---:|---:|',
+        '| % of matmul peak |' + (' MFU % |' if mfu else ''),
+        '|---|---|---:|---:|---|---:|---:|---:|' + ('---:|' if mfu else ''),
     ]
     for r in results:
         for kind, row in r['rows'].items():
@@ -316,7 +350,12 @@ def table(results: list[dict]) -> str:
             lines.append(
                 f'| {r["variant"]} | {name} | {row["img_s"]:.1f} | {ratio} | {rounds} '
                 f'| {row["first"]["first_step_s"]:.1f} | {memory_mib(row):.0f} '
-                f'| {row["pct_peak"]:.1f} |'
+                f'| {row["pct_peak"]:.1f} |' + (f' {row["mfu_pct"]:.1f} |' if mfu else '')
+            )
+        for kind, error in r.get('failed', {}).items():
+            lines.append(
+                f'| {r["variant"]} | PyTorch {kind.removeprefix("torch:")} | failed: '
+                f'{error[:80]} | | | | | |' + (' |' if mfu else '')
             )
     return '\n'.join(lines)
 
@@ -335,8 +374,22 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
             f'{ours["first"]["compile_s"]:.1f} s); matmul peak {r["peak_gflops"]:.1f} GFLOP/s'
         )
     for setting in args.torch:
-        ratios = [r['rows'][f'torch:{setting}']['ratio'] for r in results]
-        print(f'median ratio (ours / PyTorch {setting}): {statistics.median(ratios):.2f}')
+        ratios = [
+            r['rows'][f'torch:{setting}']['ratio']
+            for r in results
+            if f'torch:{setting}' in r['rows']
+        ]
+        if ratios:
+            print(f'median ratio (ours / PyTorch {setting}): {statistics.median(ratios):.2f}')
+    best = []  # PyTorch at its best: its fastest setting of this run, per variant
+    for r in results:
+        theirs = [row for kind, row in r['rows'].items() if kind != 'jax']
+        if theirs:
+            best.append(min(row['ratio'] for row in theirs))
+    if best:
+        print(
+            f'median ratio (ours / PyTorch at its best per variant): {statistics.median(best):.2f}'
+        )
     print(
         'img/s: median of the rounds; ratio: ours / this side; MiB: peak RSS minus RSS after '
         'imports (device allocator peak on GPU); % of matmul peak: FLOPs per step (forward, both '
@@ -372,6 +425,18 @@ def main() -> None:
         help='start every worker and compile their first steps at the same time',
     )
     parser.add_argument('--peak-size', type=int, default=2048, help='n of the n^3 matmul')
+    parser.add_argument(
+        '--mfu-peak-tflops',
+        type=float,
+        default=0.0,
+        help="a datasheet's dense peak (989 for an H100/H200 SXM in bf16): adds an MFU column",
+    )
+    parser.add_argument(
+        '--jax-conv',
+        choices=('auto', 'lax'),
+        default='auto',
+        help="our convolutions: the backend's (auto) or lax's own grouped one (lax), for an A/B",
+    )
     parser.add_argument('--json', help='also write the results here')
     parser.add_argument('--worker', help=argparse.SUPPRESS)
     parser.add_argument('--variant', help=argparse.SUPPRESS)
