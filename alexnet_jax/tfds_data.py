@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import functools
 import gzip
 import io
@@ -102,6 +103,12 @@ def prepare_fashion_mnist(data_dir: str, idx_dir: str | None = None) -> tfds.cor
         builder = tfds.builder('fashion_mnist', data_dir=data_dir)
         if builder.is_prepared():
             return builder
+    # Runs started together (a sweep's chains) would each build and all but one fail on the
+    # others' folder: one builds, the rest wait for it and read what it wrote.
+    with _held_lock(Path(data_dir) / '.fashion_mnist.lock'), quiet_tfds():
+        builder = tfds.builder('fashion_mnist', data_dir=data_dir)
+        if builder.is_prepared():
+            return builder
         folder = Path(idx_dir or FASHION_MNIST_DEBIAN_DIR)
         names = [n for pair in FASHION_MNIST_FILES.values() for n in pair]
         if all((folder / n).exists() for n in names):
@@ -122,6 +129,18 @@ def prepare_fashion_mnist(data_dir: str, idx_dir: str | None = None) -> tfds.cor
                     'config.dataset_path to a folder with those files.'
                 ) from None
         return tfds.builder('fashion_mnist', data_dir=data_dir)
+
+
+@contextlib.contextmanager
+def _held_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` while inside; the kernel drops it if the holder dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, 'a') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,9 @@ import gzip
 import logging
 import os
 import shutil
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -302,3 +305,48 @@ def test_fashion_mnist_preparation_is_quiet_and_says_so_once(tmp_path, capfd, ca
     from tensorflow_datasets.core.utils import tqdm_utils
 
     assert tqdm_utils._active  # the progress bars are back on for everyone else
+
+
+_PREPARE_AFTER_BARRIER = """
+import os, sys, time
+from alexnet_jax import tfds_data
+data_dir, idx, ready, go = sys.argv[1:]
+open(ready, 'w').close()
+while not os.path.exists(go):
+    time.sleep(0.01)
+builder = tfds_data.prepare_fashion_mnist(data_dir, idx)
+print(builder.info.splits['train'].num_examples)
+"""
+
+
+def test_two_processes_preparing_fashion_mnist_at_once_both_succeed(tmp_path):
+    """Two runs started together (a sweep's two chains) prepare into one data dir: one builds,
+    the other waits and reads it; neither fails on the other's half-written folder."""
+    idx = tmp_path / 'idx'
+    idx.mkdir()
+    rng = np.random.default_rng(1)
+    for split, n in (('train', 12), ('test', 6)):
+        images_name, labels_name = tfds_data.FASHION_MNIST_FILES[split]
+        _write_idx(idx / images_name, rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(idx / labels_name, rng.integers(0, 10, (n,)))
+    go = tmp_path / 'go'
+    procs = []
+    for i in range(2):
+        args = [str(tmp_path / 'tfds'), str(idx), str(tmp_path / f'ready{i}'), str(go)]
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, '-c', _PREPARE_AFTER_BARRIER, *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f'ready{i}').exists() for i in range(2)):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.05)
+    go.touch()  # both call prepare within milliseconds of each other
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+        assert out.split() == ['12']
