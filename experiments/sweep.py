@@ -28,6 +28,12 @@ Sweeps that share an arm (the baseline of two ablations) train it once: with ``-
 a run not yet started here whose whole config (seed included) equals a finished run's under
 OTHER_DIR is copied from there (checkpoints left behind) with ``reused.json`` naming the source,
 and the report lists it.
+
+A session's machine does not outlive it, so finished runs are kept in the repository:
+``--archive DEST`` copies each finished run's records (config, run, results and metrics; no
+checkpoints or TensorBoard files, tens of kB a run; ``run.json`` names the commit that trained
+it) to ``DEST/<run_name>/`` with ``archived.json`` naming its source, and does nothing else.
+``--reuse DEST`` on the next machine then copies them in instead of training them again.
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ import ml_collections
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP_JSON = 'sweep.json'  # the sweep's definition, for experiments.report
-RUN_JSON = 'run.json'  # a run's overrides and seed
+RUN_JSON = 'run.json'  # a run's overrides, seed and the commit of the code that trained it
 FAILED_JSON = 'failed.json'
 RESULTS_JSON = 'results.json'
 REUSED_JSON = 'reused.json'  # a run copied from another sweep's identical run: its source
@@ -285,15 +291,68 @@ def reuse_run(run: Run, source: str, sweep_dir: str) -> None:
     shutil.rmtree(partial, ignore_errors=True)
     try:
         shutil.copytree(source, partial, ignore=shutil.ignore_patterns('checkpoints', LOCK_NAME))
+        trained_by = None  # the commit that trained the source, where it says
+        if os.path.exists(os.path.join(source, RUN_JSON)):
+            with open(os.path.join(source, RUN_JSON)) as f:
+                trained_by = json.load(f).get('commit')
         _write_json(
             os.path.join(partial, RUN_JSON),
-            {'name': run.name, 'overrides': run.overrides, 'seed': run.seed},
+            {'name': run.name, 'overrides': run.overrides, 'seed': run.seed, 'commit': trained_by},
         )
         _write_json(os.path.join(partial, REUSED_JSON), {'from': os.path.abspath(source)})
         os.rename(partial, workdir)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+
+
+ARCHIVED_FILES = ('config.json', RUN_JSON, RESULTS_JSON, 'metrics.jsonl')
+ARCHIVED_JSON = 'archived.json'
+
+
+def archive_finished(sweep_dir: str, dest: str) -> list[str]:
+    """Copies the records of each finished run in ``sweep_dir`` not yet in ``dest``.
+
+    Finished as for ``--reuse``: ``results.json`` written, lock released. Each copy is made
+    beside its place and renamed in, so a cut leaves no half archive. Returns the names copied.
+    """
+    from alexnet_jax.workdir_lock import LOCK_NAME
+
+    copied = []
+    for entry in sorted(os.listdir(sweep_dir)):
+        workdir = os.path.join(sweep_dir, entry)
+        target = os.path.join(dest, entry)
+        done = all(os.path.exists(os.path.join(workdir, f)) for f in ARCHIVED_FILES)
+        if not done or os.path.exists(os.path.join(workdir, LOCK_NAME)) or os.path.exists(target):
+            continue
+        partial = target + COPYING
+        shutil.rmtree(partial, ignore_errors=True)
+        os.makedirs(partial)
+        for name in ARCHIVED_FILES:
+            shutil.copy2(os.path.join(workdir, name), partial)
+        source = os.path.join(workdir, REUSED_JSON)
+        if os.path.exists(source):  # itself a copy: the run it came from trained it
+            with open(source) as f:
+                origin = json.load(f)['from']
+        else:
+            origin = os.path.abspath(workdir)
+        _write_json(os.path.join(partial, ARCHIVED_JSON), {'from': origin})
+        os.rename(partial, target)
+        copied.append(entry)
+    return copied
+
+
+def _git_commit() -> str | None:
+    """HEAD of the checkout this code runs from (the code that trains), if it is one."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ['git', '-C', ROOT, 'rev-parse', 'HEAD'], capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip()
 
 
 def _remove_stale_copies(sweep_dir: str) -> None:
@@ -317,6 +376,7 @@ def execute(runs: list[Run], sweep_dir: str, reuse: Sequence[str] = ()) -> dict[
     from alexnet_jax import train
 
     _remove_stale_copies(sweep_dir)
+    commit = _git_commit()  # the code that trains, in each run.json
     outcome: dict[str, str] = {}
     for i, run in enumerate(runs, start=1):
         workdir = run.workdir(sweep_dir)
@@ -349,7 +409,7 @@ def execute(runs: list[Run], sweep_dir: str, reuse: Sequence[str] = ()) -> dict[
             os.remove(failed)  # a new attempt
         _write_json(
             os.path.join(workdir, RUN_JSON),
-            {'name': run.name, 'overrides': run.overrides, 'seed': run.seed},
+            {'name': run.name, 'overrides': run.overrides, 'seed': run.seed, 'commit': commit},
         )
         log.info('[%d/%d] %s: starting in %s.', i, len(runs), run.name, workdir)
         started = time.time()
@@ -470,7 +530,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar='OTHER_DIR',
         help="copy a run from another sweep's directory where it finished with the same config",
     )
+    parser.add_argument(
+        '--archive',
+        metavar='DEST',
+        help="copy finished runs' records (no checkpoints) to DEST/<run>, then stop",
+    )
     args = parser.parse_args(argv)
+    if args.archive:
+        if not os.path.isdir(args.workdir):
+            print(f'error: --workdir {args.workdir}: no such sweep directory', file=sys.stderr)
+            return 2
+        copied = archive_finished(args.workdir, args.archive)
+        print(f'{len(copied)} finished runs archived to {args.archive}: {", ".join(copied)}')
+        return 0
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
     logging.getLogger('absl').setLevel(logging.WARNING)  # orbax's per-save chatter
     try:

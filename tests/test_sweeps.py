@@ -244,6 +244,58 @@ def test_a_shared_arm_is_copied_from_another_sweep_where_its_config_finished(
     assert not (copied / 'reused.json').exists() and not stale.exists()
 
 
+def test_archived_runs_are_reused_on_a_new_machine_and_name_the_code_that_trained_them(
+    tmp_path, monkeypatch, capsys
+):
+    fake, calls = _recording_training()
+
+    def fake_with_metrics(config, workdir):
+        results = fake(config, workdir)
+        with open(os.path.join(workdir, 'metrics.jsonl'), 'w') as f:
+            f.write(json.dumps({'step': 4, 'train_loss': 0.5}) + '\n')
+        return results
+
+    monkeypatch.setattr(train, 'train_and_evaluate', fake_with_metrics)
+    sweep_file = write_sweep(tmp_path, {'dropout_rate': [0.5, 0.0]}, [0, 1])
+    first_dir = str(tmp_path / 'first')
+    assert sweep.main(['--sweep', sweep_file, '--workdir', first_dir]) == 0
+    head = subprocess.run(
+        ['git', '-C', sweep.ROOT, 'rev-parse', 'HEAD'], capture_output=True, text=True
+    ).stdout.strip()
+    name = 'dropout_rate=0.5__seed=1'
+    assert _json(first_dir, name, 'run.json')['commit'] == (head or None)
+    # One run still training (its lock held) is left for later.
+    os.remove(os.path.join(first_dir, 'dropout_rate=0.0__seed=1', 'results.json'))
+    with open(os.path.join(first_dir, 'dropout_rate=0.0__seed=1', 'lock'), 'w') as f:
+        f.write('{}')
+
+    archive = str(tmp_path / 'repo' / 'runs')
+    argv = ['--sweep', sweep_file, '--workdir', first_dir, '--archive', archive]
+    assert sweep.main(argv) == 0
+    assert '3 finished runs archived' in capsys.readouterr().out
+    assert sorted(os.listdir(archive)) == [
+        'dropout_rate=0.0__seed=0',
+        'dropout_rate=0.5__seed=0',
+        'dropout_rate=0.5__seed=1',
+    ]
+    kept = os.path.join(archive, name)
+    assert sorted(os.listdir(kept)) == sorted([*sweep.ARCHIVED_FILES, sweep.ARCHIVED_JSON])
+    assert _json(kept, 'archived.json') == {'from': os.path.join(first_dir, name)}
+    for f in sweep.ARCHIVED_FILES:
+        with open(os.path.join(kept, f)) as a, open(os.path.join(first_dir, name, f)) as b:
+            assert a.read() == b.read()
+    assert sweep.main(argv) == 0 and '0 finished runs archived' in capsys.readouterr().out
+
+    # A new machine: an empty sweep directory, the archive from the repository.
+    calls.clear()
+    new_dir = str(tmp_path / 'new')
+    assert sweep.main(['--sweep', sweep_file, '--workdir', new_dir, '--reuse', archive]) == 0
+    assert calls == ['dropout_rate=0.0__seed=1']  # only the run that had not finished
+    assert '1 run, 0 skipped (finished before), 3 copied' in capsys.readouterr().out
+    assert _json(new_dir, name, 'results.json') == _json(first_dir, name, 'results.json')
+    assert _json(new_dir, name, 'run.json')['commit'] == (head or None)
+
+
 def test_the_dropout_and_augmentation_sweeps_share_their_regularised_arm():
     # claims.sh trains the arm once (dropout) and the augmentation sweep copies it with --reuse:
     # only if the two sweep files give the very same configs.

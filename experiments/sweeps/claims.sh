@@ -2,6 +2,11 @@
 # Runs the Fashion-MNIST claim sweeps one after another, at the lowest CPU priority, resumably:
 # rerunning skips finished runs and resumes a half-finished one from its checkpoint. Sweeps go
 # under $SWEEPS (default /work/sweeps); give the names to run only some, in that order.
+# A session's machine does not outlive it: each finished run's records are archived to
+# experiments/results/<sweep>/runs/ (commit them), and a sweep copies those in instead of
+# training them again. Mid-sweep, archive by hand:
+#   .venv/bin/python -m experiments.sweep --sweep experiments/sweeps/towers.py \
+#     --workdir /work/sweeps/towers --archive experiments/results/towers/runs
 #
 #   nohup bash experiments/sweeps/claims.sh > /work/sweeps/claims.log 2>&1 &
 #   bash experiments/sweeps/claims.sh pooling towers
@@ -14,6 +19,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 SWEEPS=${SWEEPS:-/work/sweeps}
 PYTHON=${PYTHON:-.venv/bin/python}
+ARCHIVE=${ARCHIVE:-experiments/results}
 ORDER=(relu_vs_tanh_lr quickstart_lr pooling lrn_vs_none_vs_bn towers relu_vs_tanh dropout
   augmentation)
 mkdir -p "$SWEEPS"
@@ -22,8 +28,12 @@ for name in "$@"; do
   echo "== $(date -u +%FT%TZ) $name"
   reuse=()  # a sweep whose arm another sweep trains copies it from there (same config)
   [ "$name" = augmentation ] && [ -d "$SWEEPS/dropout" ] && reuse=(--reuse "$SWEEPS/dropout")
+  # Runs finished on an earlier machine, kept in the repository (ARCHIVE=, default below).
+  [ -d "$ARCHIVE/$name/runs" ] && reuse+=(--reuse "$ARCHIVE/$name/runs")
   nice -n 19 "$PYTHON" -m experiments.sweep --sweep "experiments/sweeps/$name.py" \
     --workdir "$SWEEPS/$name" ${reuse[@]+"${reuse[@]}"} \
     || echo "== $name: the sweep stopped (exit $?); going on"
+  "$PYTHON" -m experiments.sweep --sweep "experiments/sweeps/$name.py" --workdir "$SWEEPS/$name" \
+    --archive "$ARCHIVE/$name/runs" || true
   "$PYTHON" -m experiments.report "$SWEEPS/$name" > /dev/null || true
 done
