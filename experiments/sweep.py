@@ -366,14 +366,17 @@ def _remove_stale_copies(sweep_dir: str) -> None:
 def execute(runs: list[Run], sweep_dir: str, reuse: Sequence[str] = ()) -> dict[str, str]:
     """Trains every unfinished run in order, or copies its finished twin from ``reuse``.
 
-    Returns name -> done | skipped | reused | failed | stopped. A run not started yet whose
-    config matches a finished one under a ``reuse`` directory is copied instead of trained; a
-    copy that fails (disk full, the source gone) is said in the log and the run is trained.
+    Returns name -> done | skipped | reused | busy | failed | stopped (busy: another process
+    holds the run's lock, so several processes can work through one sweep). A run not started
+    yet whose config matches a finished one under a ``reuse`` directory is copied instead of
+    trained; a copy that fails (disk full, the source gone) is said in the log and the run is
+    trained.
     """
     from alexnet_jax import runtime
 
     runtime.configure()  # before JAX starts: the settings alexnet_jax.main gives a run
     from alexnet_jax import train
+    from alexnet_jax.workdir_lock import WorkdirLockedError
 
     _remove_stale_copies(sweep_dir)
     commit = _git_commit()  # the code that trains, in each run.json
@@ -415,6 +418,16 @@ def execute(runs: list[Run], sweep_dir: str, reuse: Sequence[str] = ()) -> dict[
         started = time.time()
         try:
             results = train.train_and_evaluate(run.config, workdir)
+        except WorkdirLockedError as error:  # another process trains it: theirs, not failed
+            log.info(
+                '[%d/%d] %s: another process is training it (%s); next.',
+                i,
+                len(runs),
+                run.name,
+                error,
+            )
+            outcome[run.name] = 'busy'
+            continue
         except Exception as error:  # noqa: BLE001 - recorded, and the sweep goes on
             _write_json(
                 failed,
@@ -565,11 +578,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(path)
         return 0
     outcome = execute(runs, args.workdir, args.reuse)
-    kinds = ('done', 'skipped', 'reused', 'failed')
+    kinds = ('done', 'skipped', 'reused', 'busy', 'failed')
     counts = {k: sum(v == k for v in outcome.values()) for k in kinds}
     print(
         f'Sweep {sweep.name}: {counts["done"]} run, {counts["skipped"]} skipped (finished before), '
-        f'{counts["reused"]} copied from --reuse, '
+        f'{counts["reused"]} copied from --reuse, {counts["busy"]} left to another process, '
         f'{counts["failed"]} failed, of {len(runs)}. Report: python -m experiments.report '
         f'{args.workdir}'
     )

@@ -296,6 +296,37 @@ def test_archived_runs_are_reused_on_a_new_machine_and_name_the_code_that_traine
     assert _json(new_dir, name, 'run.json')['commit'] == (head or None)
 
 
+def test_a_run_another_process_is_training_is_left_to_it_not_failed(tmp_path, monkeypatch, capsys):
+    """Two processes on one sweep (one per core): the second skips the run the first holds."""
+    from alexnet_jax import workdir_lock
+
+    fake, calls = _recording_training()
+
+    def locking_fake(config, workdir):  # takes the workdir's lock first, as training does
+        with workdir_lock.hold(workdir):
+            return fake(config, workdir)
+
+    monkeypatch.setattr(train, 'train_and_evaluate', locking_fake)
+    sweep_file = write_sweep(tmp_path, {'dropout_rate': [0.5, 0.0]})
+    sweep_dir = str(tmp_path / 'sweep')
+    held = os.path.join(sweep_dir, 'dropout_rate=0.5__seed=0')
+    os.makedirs(held)
+    other = workdir_lock.WorkdirLock(held)  # this (live) process is "the other one"
+    other.acquire()
+    try:
+        assert sweep.main(['--sweep', sweep_file, '--workdir', sweep_dir]) == 0
+    finally:
+        other.release()
+    assert calls == ['dropout_rate=0.0__seed=0']
+    assert '1 run, 0 skipped (finished before), 0 copied from --reuse, 1 left to another' in (
+        capsys.readouterr().out
+    )
+    assert not os.path.exists(os.path.join(held, sweep.FAILED_JSON))
+    # Once it is free, a rerun trains it.
+    assert sweep.main(['--sweep', sweep_file, '--workdir', sweep_dir]) == 0
+    assert calls == ['dropout_rate=0.0__seed=0', 'dropout_rate=0.5__seed=0']
+
+
 def test_the_dropout_and_augmentation_sweeps_share_their_regularised_arm():
     # claims.sh trains the arm once (dropout) and the augmentation sweep copies it with --reuse:
     # only if the two sweep files give the very same configs.

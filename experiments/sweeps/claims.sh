@@ -15,6 +15,7 @@
 # (experiments/benchmarks/pinned_runs.py); keep augmentation after dropout (it copies from it):
 #   taskset -c 0 bash experiments/sweeps/claims.sh towers &
 #   taskset -c 1 bash experiments/sweeps/claims.sh relu_vs_tanh dropout augmentation &
+# Two chains may also share one sweep: a run the other chain holds (its lock) is left to it.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 SWEEPS=${SWEEPS:-/work/sweeps}
