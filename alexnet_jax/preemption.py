@@ -9,6 +9,14 @@ from typing import Any
 import jax
 from jax.experimental import multihost_utils
 
+_CAUGHT: list[str] = []  # every signal a watcher caught in this process, in order
+
+
+def signals_caught() -> tuple[str, ...]:
+    """The signals any watcher of this process caught, also those that came too late to stop
+    their run (during its last evaluation): a caller that starts more runs stops on them."""
+    return tuple(_CAUGHT)
+
 
 class PreemptionWatcher:
     """Turns SIGTERM (what schedulers send before preemption) and Ctrl-C into a clean stop.
@@ -30,6 +38,7 @@ class PreemptionWatcher:
 
     def _handle(self, signum: int, _frame: Any) -> None:
         self.signal_name = signal.Signals(signum).name
+        _CAUGHT.append(self.signal_name)
 
     def requested(self) -> bool:
         """Whether this process has been asked to stop (no communication with other hosts)."""

@@ -375,7 +375,7 @@ def execute(runs: list[Run], sweep_dir: str, reuse: Sequence[str] = ()) -> dict[
     from alexnet_jax import runtime
 
     runtime.configure()  # before JAX starts: the settings alexnet_jax.main gives a run
-    from alexnet_jax import train
+    from alexnet_jax import preemption, train
     from alexnet_jax.workdir_lock import WorkdirLockedError
 
     _remove_stale_copies(sweep_dir)
@@ -416,6 +416,7 @@ def execute(runs: list[Run], sweep_dir: str, reuse: Sequence[str] = ()) -> dict[
         )
         log.info('[%d/%d] %s: starting in %s.', i, len(runs), run.name, workdir)
         started = time.time()
+        caught = len(preemption.signals_caught())
         try:
             results = train.train_and_evaluate(run.config, workdir)
         except WorkdirLockedError as error:  # another process trains it: theirs, not failed
@@ -458,6 +459,12 @@ def execute(runs: list[Run], sweep_dir: str, reuse: Sequence[str] = ()) -> dict[
             time.time() - started,
         )
         outcome[run.name] = 'done'
+        late = preemption.signals_caught()[caught:]
+        if late:  # it came as the run was finishing: stop here, not in the next run
+            log.warning(
+                '%s arrived as %s finished: stopping; rerun the sweep to go on.', late[0], run.name
+            )
+            break
     return outcome
 
 
@@ -577,6 +584,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in write_scripts(sweep, runs, args.workdir):
             print(path)
         return 0
+    from alexnet_jax import preemption
+
+    caught = len(preemption.signals_caught())
     outcome = execute(runs, args.workdir, args.reuse)
     kinds = ('done', 'skipped', 'reused', 'busy', 'failed')
     counts = {k: sum(v == k for v in outcome.values()) for k in kinds}
@@ -586,8 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f'{counts["failed"]} failed, of {len(runs)}. Report: python -m experiments.report '
         f'{args.workdir}'
     )
-    if 'stopped' in outcome.values():
-        return 3
+    if 'stopped' in outcome.values() or len(preemption.signals_caught()) > caught:
+        return 3  # stopped by a signal: rerun to go on
     return 1 if counts['failed'] else 0
 
 

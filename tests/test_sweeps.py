@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -325,6 +326,38 @@ def test_a_run_another_process_is_training_is_left_to_it_not_failed(tmp_path, mo
     # Once it is free, a rerun trains it.
     assert sweep.main(['--sweep', sweep_file, '--workdir', sweep_dir]) == 0
     assert calls == ['dropout_rate=0.0__seed=0', 'dropout_rate=0.5__seed=0']
+
+
+def test_a_sigterm_during_a_runs_last_evaluation_stops_the_sweep_before_the_next_run(
+    tmp_path, monkeypatch, capsys
+):
+    """The run finishes (too late to stop at a step), and the sweep does not start another."""
+    import signal
+
+    from alexnet_jax import preemption
+
+    fake, calls = _recording_training()
+
+    def finishing_as_sigterm_arrives(config, workdir):
+        watcher = preemption.PreemptionWatcher()  # as train_and_evaluate holds one
+        try:
+            results = fake(config, workdir)  # the loop is over; the last evaluation runs
+            os.kill(os.getpid(), signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while watcher.signal_name is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return results
+        finally:
+            watcher.close()
+
+    monkeypatch.setattr(train, 'train_and_evaluate', finishing_as_sigterm_arrives)
+    sweep_file = write_sweep(tmp_path, {'dropout_rate': [0.5, 0.0]})
+    sweep_dir = str(tmp_path / 'sweep')
+    assert sweep.main(['--sweep', sweep_file, '--workdir', sweep_dir]) == 3
+    assert calls == ['dropout_rate=0.5__seed=0']  # finished, kept; the next one not started
+    assert os.path.exists(os.path.join(sweep_dir, calls[0], 'results.json'))
+    assert not os.path.exists(os.path.join(sweep_dir, 'dropout_rate=0.0__seed=0'))
+    assert '1 run, 0 skipped' in capsys.readouterr().out
 
 
 def test_the_dropout_and_augmentation_sweeps_share_their_regularised_arm():
