@@ -80,7 +80,8 @@ def _reply(obj: dict) -> None:
 
 
 class JaxRunner:
-    def __init__(self, args: argparse.Namespace, variant: str):
+    def __init__(self, args: argparse.Namespace, variant: str, **overrides: object):
+        """The variant's training step as main.py builds it; ``overrides`` set config fields."""
         # runtime.configure() ran first (see worker()): XLA:CPU's YNNPACK fusions are on, exactly
         # as a training run gets them; no other flag is set.
         import jax
@@ -100,6 +101,8 @@ class JaxRunner:
         config.image_size = IMAGE_SIZE[variant]
         config.batch_size = args.batch
         config.half_precision = args.half
+        config.update(overrides)
+        self.config = config
         self.rss_base = rss_mib()
         devices = jax.local_device_count()
         stats = dataset_stats.load_stats(config)
@@ -112,7 +115,7 @@ class JaxRunner:
         batch = next(synthetic_train(config, devices, per_device, 0, 0))
         self.batch = parallel.shard(batch)
         self.rng = jax.random.key(config.seed + 1)
-        self.step, _ = steps.pmap_steps(config, stats)
+        self.step, self.eval_step = steps.pmap_steps(config, stats)
         self.device = str(jax.devices()[0].device_kind)
         self.half = args.half
 
