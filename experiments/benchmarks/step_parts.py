@@ -44,7 +44,6 @@ def main() -> None:
     parser.add_argument('--rounds', type=int, default=5)
     parser.add_argument('--json', help='also write the results here')
     args = parser.parse_args()
-    args.jax_conv = 'auto'
     from alexnet_jax import runtime
 
     runtime.configure(keep_host_memory=True, dispatch_ahead=False)  # as train_step's worker

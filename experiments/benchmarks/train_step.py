@@ -90,7 +90,8 @@ class JaxRunner:
         from alexnet_jax.synthetic_data import synthetic_train
         from configs import imagenet
 
-        if args.jax_conv == 'lax':  # A/B: XLA's own (grouped) convolution, as before issue 19
+        # --jax-conv lax (an A/B): XLA's own grouped convolution, as before issue 19 on GPU.
+        if getattr(args, 'jax_conv', 'auto') == 'lax':
             chosen = layers.kernels_for(jax.default_backend())
             lax_conv = dataclasses.replace(chosen, conv=jax.lax.conv_general_dilated)
             layers.kernels_for = lambda backend: lax_conv
