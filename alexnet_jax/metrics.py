@@ -25,14 +25,23 @@ class Writer:
     def __init__(self, workdir: str):
         self.enabled = jax.process_index() == 0
         self.workdir = epath.Path(workdir)
+        self._tb = None
         if self.enabled:
-            # Imported here: it pulls in TensorFlow and TensorBoard, which only the writing
-            # process needs (the model and the train step run without them).
-            from flax.metrics import tensorboard
-
             self.workdir.mkdir(parents=True, exist_ok=True)
-            self._tb = tensorboard.SummaryWriter(str(self.workdir / 'tensorboard'))
             self._jsonl = (self.workdir / 'metrics.jsonl').open('a')
+            try:
+                # Imported here: it pulls in TensorFlow and TensorBoard, which only the writing
+                # process needs (the model and the train step run without them).
+                from flax.metrics import tensorboard
+
+                self._tb = tensorboard.SummaryWriter(str(self.workdir / 'tensorboard'))
+            except Exception as e:  # noqa: BLE001 - any TensorFlow trouble: the run goes on
+                log.warning(
+                    'No TensorBoard events for this run (%s: %s); metrics.jsonl has every '
+                    'scalar. Install tensorflow-cpu (requirements.txt) for TensorBoard.',
+                    type(e).__name__,
+                    e,
+                )
 
     def write_config(self, config: ml_collections.ConfigDict) -> None:
         if self.enabled:
@@ -41,9 +50,10 @@ class Writer:
     def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
             return
-        for key, value in scalars.items():
-            self._tb.scalar(key, value, step)
-        self._tb.flush()
+        if self._tb is not None:
+            for key, value in scalars.items():
+                self._tb.scalar(key, value, step)
+            self._tb.flush()
         row = json_safe({'step': step, **scalars})
         self._jsonl.write(json.dumps(row, allow_nan=False) + '\n')
         self._jsonl.flush()
@@ -62,7 +72,8 @@ class Writer:
 
     def close(self) -> None:
         if self.enabled:
-            self._tb.close()
+            if self._tb is not None:
+                self._tb.close()
             self._jsonl.close()
 
 

@@ -350,3 +350,32 @@ def test_closed_event_loop_reports_are_dropped_and_others_kept(monkeypatch):
         (RuntimeError, 'something else'),
         (ValueError, 'Event loop is closed'),
     ]
+
+
+def test_without_a_working_tensorflow_a_run_keeps_its_metrics_and_says_why(
+    tmp_path, monkeypatch, caplog
+):
+    """TensorBoard's writer needs TensorFlow; when it cannot start, metrics.jsonl still has all."""
+    import types
+
+    from alexnet_jax import metrics
+
+    broken = types.ModuleType('flax.metrics.tensorboard')
+
+    def no_tensorflow(*args, **kwargs):
+        raise RuntimeError('tensorflow.make_tensor_proto: TensorFlow is not installed')
+
+    broken.SummaryWriter = no_tensorflow
+    monkeypatch.setitem(sys.modules, 'flax.metrics.tensorboard', broken)
+    with caplog.at_level('WARNING'):
+        writer = metrics.Writer(str(tmp_path))
+        writer.write_scalars(3, {'train_loss': 0.5, 'learning_rate': 0.01})
+        writer.close()
+    assert any(
+        'No TensorBoard events' in r.getMessage()
+        and 'TensorFlow is not installed' in r.getMessage()
+        for r in caplog.records
+    )
+    rows = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+    assert rows == [{'step': 3, 'train_loss': 0.5, 'learning_rate': 0.01}]
+    assert not (tmp_path / 'tensorboard').exists()
