@@ -14,7 +14,8 @@ _CAUGHT: list[str] = []  # every signal a watcher caught in this process, in ord
 
 def signals_caught() -> tuple[str, ...]:
     """The signals any watcher of this process caught, also those that came too late to stop
-    their run (during its last evaluation): a caller that starts more runs stops on them."""
+    their run (after its last evaluation, while it saved or wrote its results): a caller that
+    starts more runs stops on them."""
     return tuple(_CAUGHT)
 
 

@@ -39,6 +39,7 @@ it) to ``DEST/<run_name>/`` with ``archived.json`` naming its source, and does n
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import difflib
 import importlib.util
@@ -190,6 +191,20 @@ def apply_overrides(
     return config
 
 
+def parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    """``--set FIELD=VALUE`` items as overrides; a value is a Python literal or else a string."""
+    sets = {}
+    for item in items:
+        field, sep, text = item.partition('=')
+        if not sep or not field:
+            raise SweepError(f'--set {item!r}: write FIELD=VALUE, e.g. --set dataset=prepared')
+        try:
+            sets[field] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            sets[field] = text
+    return sets
+
+
 def build_runs(sweep: Sweep) -> list[Run]:
     """Every run's config, validated; raises SweepError before anything runs."""
     from alexnet_jax.config_checks import ConfigError, validate_config
@@ -248,7 +263,7 @@ def write_sweep_json(sweep: Sweep, runs: list[Run], sweep_dir: str) -> None:
 
 
 def _write_json(path: str, data: Any) -> None:
-    tmp = path + '.tmp'
+    tmp = f'{path}.{os.getpid()}.tmp'  # two processes writing one file never share a temp
     with open(tmp, 'w') as f:
         json.dump(data, f, indent=2, default=str)
     os.replace(tmp, path)
@@ -282,7 +297,7 @@ def reuse_run(run: Run, source: str, sweep_dir: str) -> None:
 
     The copy is made beside the run's directory and renamed into place, so a copy cut short
     leaves no run that looks finished. The checkpoints stay in ``source``, which ``reused.json``
-    names: give that directory to figures, evaluation or prediction.
+    names: give that directory to figures, evaluation or prediction (an archived run has none).
     """
     from alexnet_jax.workdir_lock import LOCK_NAME
 
@@ -320,6 +335,8 @@ def archive_finished(sweep_dir: str, dest: str) -> list[str]:
 
     copied = []
     for entry in sorted(os.listdir(sweep_dir)):
+        if entry.endswith(COPYING):  # a copy still being made (or left half-made)
+            continue
         workdir = os.path.join(sweep_dir, entry)
         target = os.path.join(dest, entry)
         done = all(os.path.exists(os.path.join(workdir, f)) for f in ARCHIVED_FILES)
@@ -343,24 +360,30 @@ def archive_finished(sweep_dir: str, dest: str) -> list[str]:
 
 
 def _git_commit() -> str | None:
-    """HEAD of the checkout this code runs from (the code that trains), if it is one."""
+    """HEAD of the checkout this code runs from (the code that trains), ``-dirty`` if it has
+    uncommitted changes; None outside a git checkout."""
     import subprocess
 
     try:
         out = subprocess.run(
-            ['git', '-C', ROOT, 'rev-parse', 'HEAD'], capture_output=True, text=True, check=True
+            ['git', '-C', ROOT, 'describe', '--always', '--dirty', '--abbrev=40'],
+            capture_output=True,
+            text=True,
+            check=True,
         )
     except (OSError, subprocess.CalledProcessError):
         return None
     return out.stdout.strip()
 
 
-def _remove_stale_copies(sweep_dir: str) -> None:
-    """Half-made copies left by a sweep that was stopped while copying."""
+def _remove_stale_copies(sweep_dir: str, older_than: float = 600.0) -> None:
+    """Half-made copies left by a sweep that was stopped while copying (a copy takes seconds:
+    one younger than ``older_than`` seconds may be another process's, still being made)."""
     if os.path.isdir(sweep_dir):
         for entry in os.listdir(sweep_dir):
-            if entry.endswith(COPYING):
-                shutil.rmtree(os.path.join(sweep_dir, entry), ignore_errors=True)
+            path = os.path.join(sweep_dir, entry)
+            if entry.endswith(COPYING) and time.time() - os.path.getmtime(path) > older_than:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def execute(runs: list[Run], sweep_dir: str, reuse: Sequence[str] = ()) -> dict[str, str]:
@@ -381,7 +404,14 @@ def execute(runs: list[Run], sweep_dir: str, reuse: Sequence[str] = ()) -> dict[
     _remove_stale_copies(sweep_dir)
     commit = _git_commit()  # the code that trains, in each run.json
     outcome: dict[str, str] = {}
+    caught = len(preemption.signals_caught())
     for i, run in enumerate(runs, start=1):
+        late = preemption.signals_caught()[caught:]
+        if late:  # caught as the last run was finishing (or failing): stop before the next
+            log.warning(
+                '%s arrived as the last run ended: stopping; rerun the sweep to go on.', late[0]
+            )
+            break
         workdir = run.workdir(sweep_dir)
         if run_status(run, sweep_dir) == 'done':
             log.info('[%d/%d] %s: finished before, skipped.', i, len(runs), run.name)
@@ -459,12 +489,6 @@ def execute(runs: list[Run], sweep_dir: str, reuse: Sequence[str] = ()) -> dict[
             time.time() - started,
         )
         outcome[run.name] = 'done'
-        late = preemption.signals_caught()[caught:]
-        if late:  # it came as the run was finishing: stop here, not in the next run
-            log.warning(
-                '%s arrived as %s finished: stopping; rerun the sweep to go on.', late[0], run.name
-            )
-            break
     return outcome
 
 
@@ -551,6 +575,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="copy a run from another sweep's directory where it finished with the same config",
     )
     parser.add_argument(
+        '--set',
+        action='append',
+        default=[],
+        metavar='FIELD=VALUE',
+        help="a field set in every run, on top of the sweep file's budget (e.g. --set "
+        'dataset=prepared --set dataset_path=DIR on a machine without TensorFlow); use a '
+        'directory of its own, as the configs differ',
+    )
+    parser.add_argument(
         '--archive',
         metavar='DEST',
         help="copy finished runs' records (no checkpoints) to DEST/<run>, then stop",
@@ -570,6 +603,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if missing:
             raise SweepError(f"--reuse {missing[0]}: no such directory (a finished sweep's DIR).")
         sweep = load_sweep(args.sweep)
+        if args.set:
+            sweep = dataclasses.replace(sweep, budget={**sweep.budget, **parse_sets(args.set)})
         runs = build_runs(sweep)
     except SweepError as error:
         print(f'error: {error}', file=sys.stderr)

@@ -343,10 +343,17 @@ def test_two_processes_preparing_fashion_mnist_at_once_both_succeed(tmp_path):
         )
     deadline = time.monotonic() + 120
     while not all((tmp_path / f'ready{i}').exists() for i in range(2)):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            for p in procs:
+                p.kill()
+            raise AssertionError('a preparing process did not start: ' + procs[0].stderr.read())
         time.sleep(0.05)
     go.touch()  # both call prepare within milliseconds of each other
-    for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err[-2000:]
-        assert out.split() == ['12']
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err[-2000:]
+            assert out.split() == ['12']
+    finally:
+        for p in procs:
+            p.kill()

@@ -205,6 +205,7 @@ def test_a_shared_arm_is_copied_from_another_sweep_where_its_config_finished(
     stale = second_dir / ('random_flip=True__seed=0' + sweep.COPYING)
     stale.mkdir(parents=True)
     (stale / 'results.json').write_text('{}')
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))  # left by a sweep an hour ago
     argv = ['--sweep', second, '--workdir', str(second_dir), '--reuse', first_dir]
     assert sweep.main(argv) == 0
     assert sorted(calls) == [
@@ -224,6 +225,7 @@ def test_a_shared_arm_is_copied_from_another_sweep_where_its_config_finished(
     stale.mkdir()
     for name in ('run.json', 'results.json'):
         (stale / name).write_text((copied / name).read_text())
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
     text = report.build_report(str(second_dir), targets=[0.5])
     assert f'- `random_flip=True__seed=0` from `{source}`' in text
     assert '| True | 2 |' in text  # the copy and the trained seed 2, one group
@@ -260,9 +262,12 @@ def test_archived_runs_are_reused_on_a_new_machine_and_name_the_code_that_traine
     sweep_file = write_sweep(tmp_path, {'dropout_rate': [0.5, 0.0]}, [0, 1])
     first_dir = str(tmp_path / 'first')
     assert sweep.main(['--sweep', sweep_file, '--workdir', first_dir]) == 0
-    head = subprocess.run(
-        ['git', '-C', sweep.ROOT, 'rev-parse', 'HEAD'], capture_output=True, text=True
-    ).stdout.strip()
+    git = ['git', '-C', sweep.ROOT]
+    head = subprocess.run([*git, 'rev-parse', 'HEAD'], capture_output=True, text=True).stdout
+    changed = subprocess.run(
+        [*git, 'status', '--porcelain', '--untracked-files=no'], capture_output=True, text=True
+    ).stdout
+    head = head.strip() + ('-dirty' if changed.strip() else '') if head.strip() else ''
     name = 'dropout_rate=0.5__seed=1'
     assert _json(first_dir, name, 'run.json')['commit'] == (head or None)
     # One run still training (its lock held) is left for later.
@@ -328,7 +333,7 @@ def test_a_run_another_process_is_training_is_left_to_it_not_failed(tmp_path, mo
     assert calls == ['dropout_rate=0.0__seed=0', 'dropout_rate=0.5__seed=0']
 
 
-def test_a_sigterm_during_a_runs_last_evaluation_stops_the_sweep_before_the_next_run(
+def test_a_sigterm_as_a_run_finishes_stops_the_sweep_before_the_next_run(
     tmp_path, monkeypatch, capsys
 ):
     """The run finishes (too late to stop at a step), and the sweep does not start another."""
@@ -341,7 +346,7 @@ def test_a_sigterm_during_a_runs_last_evaluation_stops_the_sweep_before_the_next
     def finishing_as_sigterm_arrives(config, workdir):
         watcher = preemption.PreemptionWatcher()  # as train_and_evaluate holds one
         try:
-            results = fake(config, workdir)  # the loop is over; the last evaluation runs
+            results = fake(config, workdir)  # the loop and its evaluations are over
             os.kill(os.getpid(), signal.SIGTERM)
             deadline = time.monotonic() + 10
             while watcher.signal_name is None and time.monotonic() < deadline:
@@ -484,3 +489,24 @@ def test_same_class_fraction_counts_neighbours_sharing_their_querys_label():
     query_labels, pool_labels = np.array([0, 1]), np.array([0, 1, 1, 0])
     idx = np.array([[0, 3], [1, 0]])  # query 0: classes 0, 0; query 1: classes 1, 0
     assert figures.same_class_fraction(query_labels, pool_labels, idx) == 3 / 4
+
+
+def test_set_gives_every_run_a_field_on_top_of_the_budget(tmp_path, monkeypatch, capsys):
+    fake, calls = _recording_training()
+    seen = []
+
+    def recording(config, workdir):
+        seen.append((config.dropout_rate, config.learning_rate, config.lr_schedule))
+        return fake(config, workdir)
+
+    monkeypatch.setattr(train, 'train_and_evaluate', recording)
+    sweep_file = write_sweep(tmp_path, {'dropout_rate': [0.5, 0.0]})
+    argv = ['--sweep', sweep_file, '--workdir', str(tmp_path / 's')]
+    assert sweep.main([*argv, '--set', 'learning_rate=0.003', '--set', 'lr_schedule=step']) == 0
+    assert sorted(seen) == [(0.0, 0.003, 'step'), (0.5, 0.003, 'step')]
+    recorded = _json(str(tmp_path / 's'), 'sweep.json')['budget']
+    assert recorded['learning_rate'] == 0.003 and recorded['lr_schedule'] == 'step'
+    assert sweep.main([*argv, '--set', 'learning_rate']) == 2
+    assert 'write FIELD=VALUE' in capsys.readouterr().err
+    assert sweep.main([*argv, '--set', 'learning_rat=0.1']) == 2
+    assert "did you mean 'learning_rate'" in capsys.readouterr().err

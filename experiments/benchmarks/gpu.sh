@@ -86,6 +86,10 @@ log() {
 # in minutes, with LOGS kept as well:
 #   STAGES="smoke grouped b256:1" bash experiments/benchmarks/gpu.sh
 #   STAGES="b256:2 b256:3 parts b128" bash experiments/benchmarks/gpu.sh
+# Issue 17's sweeps run as stages too (sweep:dropout sweep:augmentation sweep:towers; not in the
+# default), from a prepared Fashion-MNIST made here and carried as .fmprep (53 MB; git-ignored):
+#   python -m alexnet_jax.prepare --config configs/fashion_mnist.py --out .fmprep --format raw
+#   run(command='STAGES="smoke sweep:dropout sweep:augmentation" bash ...', carry=['.whl', '.fmprep'])
 stages=${STAGES:-smoke grouped b256:1 b256:2 b256:3 parts b128}
 # PyTorch at its best (best-gpu: cl+autotune+graph+fused), the whole step in one CUDA graph
 # with cuDNN's kernels (cl+graph+fused), and its defaults (eager).
@@ -110,14 +114,26 @@ for stage in $stages; do
         --json "$out/b256-run$run.json" 2>&1 | tee "$out/b256-run$run.log" ;;
     parts)  # where our step's time goes: the step with one part taken out at a time
       for variant in owt single_tower; do
+        [ "$(left)" -gt 40 ] || break
         timeout "$(($(left) - 5))" python3 experiments/benchmarks/step_parts.py --variant \
           "$variant" --batch 256 --half --json "$out/parts-$variant.json" 2>&1 |
           tee "$out/parts-$variant.log"
       done ;;
+    sweep:*)  # issue 17's claim sweeps on the GPU, from a prepared Fashion-MNIST carried in
+      name=${stage#sweep:}  # .fmprep (no TensorFlow there); records archived into the logs
+      reuse=()
+      [ "$name" = augmentation ] && [ -d /tmp/gpu-sweeps/dropout ] &&
+        reuse=(--reuse /tmp/gpu-sweeps/dropout)
+      timeout "$limit" python3 -m experiments.sweep --sweep "experiments/sweeps/$name.py" \
+        --workdir "/tmp/gpu-sweeps/$name" --set dataset=prepared --set "dataset_path=$PWD/.fmprep" \
+        ${reuse[@]+"${reuse[@]}"} > "$out/sweep-$name.log" 2>&1
+      tail -n 3 "$out/sweep-$name.log"
+      python3 -m experiments.sweep --sweep "experiments/sweeps/$name.py" \
+        --workdir "/tmp/gpu-sweeps/$name" --archive "$out/sweeps/$name" ;;
     b128)
       timeout "$limit" python3 "$bench" --batch 128 "${common[@]}" --json "$out/b128.json" \
         2>&1 | tee "$out/b128.log" ;;
-    *) log "unknown stage $stage (smoke grouped b256:N parts b128)"; exit 2 ;;
+    *) log "unknown stage $stage (smoke grouped b256:N parts b128 sweep:NAME)"; exit 2 ;;
   esac
 done
 log "done"

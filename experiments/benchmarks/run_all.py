@@ -190,7 +190,11 @@ def train_step_summary(paths: list[str]) -> str:
     ]
     for variant in runs[0]:
         per_run = [run[variant]['rows'] for run in runs if variant in run]
-        settings = [k for k in per_run[0] if k != 'jax']
+        # A setting that failed to build in some run (train_step leaves it out) is not compared.
+        settings = [k for k in per_run[0] if k != 'jax' and all(k in rows for rows in per_run)]
+        if not settings:
+            lines.append(f'| {variant} | (no PyTorch setting ran in every run) |')
+            continue
 
         def median_img_s(kind: str, per_run=per_run) -> float:
             return statistics.median(rows[kind]['img_s'] for rows in per_run)

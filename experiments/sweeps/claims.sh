@@ -29,12 +29,17 @@ for name in "$@"; do
   echo "== $(date -u +%FT%TZ) $name"
   reuse=()  # a sweep whose arm another sweep trains copies it from there (same config)
   [ "$name" = augmentation ] && [ -d "$SWEEPS/dropout" ] && reuse=(--reuse "$SWEEPS/dropout")
-  # Runs finished on an earlier machine, kept in the repository (ARCHIVE=, default below).
+  # Runs finished on an earlier machine, kept in the repository under $ARCHIVE.
   [ -d "$ARCHIVE/$name/runs" ] && reuse+=(--reuse "$ARCHIVE/$name/runs")
   nice -n 19 "$PYTHON" -m experiments.sweep --sweep "experiments/sweeps/$name.py" \
-    --workdir "$SWEEPS/$name" ${reuse[@]+"${reuse[@]}"} \
-    || echo "== $name: the sweep stopped (exit $?); going on"
+    --workdir "$SWEEPS/$name" ${reuse[@]+"${reuse[@]}"}
+  status=$?
   "$PYTHON" -m experiments.sweep --sweep "experiments/sweeps/$name.py" --workdir "$SWEEPS/$name" \
     --archive "$ARCHIVE/$name/runs" || true
+  case $status in
+    0) ;;
+    3 | 130 | 143) echo "== $name: stopped by a signal (exit $status); the chain stops"; break ;;
+    *) echo "== $name: the sweep stopped (exit $status); going on" ;;
+  esac
   "$PYTHON" -m experiments.report "$SWEEPS/$name" > /dev/null || true
 done
