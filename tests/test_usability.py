@@ -2,6 +2,7 @@
 and config_help documents every field from configs/default.py's own comments."""
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -352,9 +353,7 @@ def test_closed_event_loop_reports_are_dropped_and_others_kept(monkeypatch):
     ]
 
 
-def test_without_a_working_tensorflow_a_run_keeps_its_metrics_and_says_why(
-    tmp_path, monkeypatch, caplog
-):
+def test_without_a_working_tensorflow_a_run_keeps_its_metrics_and_says_why(tmp_path, monkeypatch):
     """TensorBoard's writer needs TensorFlow; when it cannot start, metrics.jsonl still has all."""
     import types
 
@@ -367,14 +366,28 @@ def test_without_a_working_tensorflow_a_run_keeps_its_metrics_and_says_why(
 
     broken.SummaryWriter = no_tensorflow
     monkeypatch.setitem(sys.modules, 'flax.metrics.tensorboard', broken)
-    with caplog.at_level('WARNING'):
+    import flax.metrics  # once imported, `from flax.metrics import tensorboard` reads this
+
+    monkeypatch.setattr(flax.metrics, 'tensorboard', broken, raising=False)
+    # Our own handler on the module's logger: other tests change the project logger's
+    # propagation and level (a progress bar), which caplog depends on.
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger('alexnet_jax.metrics')
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    try:
         writer = metrics.Writer(str(tmp_path))
         writer.write_scalars(3, {'train_loss': 0.5, 'learning_rate': 0.01})
         writer.close()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    messages = [r.getMessage() for r in records]
     assert any(
-        'No TensorBoard events' in r.getMessage()
-        and 'TensorFlow is not installed' in r.getMessage()
-        for r in caplog.records
+        'No TensorBoard events' in m and 'TensorFlow is not installed' in m for m in messages
     )
     rows = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
     assert rows == [{'step': 3, 'train_loss': 0.5, 'learning_rate': 0.01}]
