@@ -285,14 +285,19 @@ def _write_idx(path, array):
         f.write(header + array.astype(np.uint8).tobytes())
 
 
-def test_fashion_mnist_preparation_is_quiet_and_says_so_once(tmp_path, capfd, caplog):
-    idx = tmp_path / 'idx'
+def _small_idx_folder(idx, seed):
+    """Fashion-MNIST's four IDX files with 12 training and 6 test images of noise."""
     idx.mkdir()
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for split, n in (('train', 12), ('test', 6)):
         images_name, labels_name = tfds_data.FASHION_MNIST_FILES[split]
         _write_idx(idx / images_name, rng.integers(0, 256, (n, 28, 28)))
         _write_idx(idx / labels_name, rng.integers(0, 10, (n,)))
+    return idx
+
+
+def test_fashion_mnist_preparation_is_quiet_and_says_so_once(tmp_path, capfd, caplog):
+    idx = _small_idx_folder(tmp_path / 'idx', seed=0)
     data_dir = str(tmp_path / 'tfds')
     with caplog.at_level(logging.INFO, logger='alexnet_jax'):
         builder = tfds_data.prepare_fashion_mnist(data_dir, str(idx))
@@ -322,13 +327,7 @@ print(builder.info.splits['train'].num_examples)
 def test_two_processes_preparing_fashion_mnist_at_once_both_succeed(tmp_path):
     """Two runs started together (a sweep's two chains) prepare into one data dir: one builds,
     the other waits and reads it; neither fails on the other's half-written folder."""
-    idx = tmp_path / 'idx'
-    idx.mkdir()
-    rng = np.random.default_rng(1)
-    for split, n in (('train', 12), ('test', 6)):
-        images_name, labels_name = tfds_data.FASHION_MNIST_FILES[split]
-        _write_idx(idx / images_name, rng.integers(0, 256, (n, 28, 28)))
-        _write_idx(idx / labels_name, rng.integers(0, 10, (n,)))
+    idx = _small_idx_folder(tmp_path / 'idx', seed=1)
     go = tmp_path / 'go'
     procs = []
     for i in range(2):
