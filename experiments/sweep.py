@@ -446,7 +446,6 @@ def execute(runs: list[Run], sweep_dir: str, reuse: Sequence[str] = ()) -> dict[
         )
         log.info('[%d/%d] %s: starting in %s.', i, len(runs), run.name, workdir)
         started = time.time()
-        caught = len(preemption.signals_caught())
         try:
             results = train.train_and_evaluate(run.config, workdir)
         except WorkdirLockedError as error:  # another process trains it: theirs, not failed
