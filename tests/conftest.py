@@ -10,6 +10,17 @@ os.environ['XLA_FLAGS'] = (
     os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=4'
 ).strip()
 
+# XLA programs compiled once are kept on disk and reused by every test and every CLI run a
+# test starts (they inherit the variables): most tests build the same small nets, and a CLI
+# run's compiles were half its 12 s here. The key is the program, the flags and the versions.
+# A size limit turns on JAX's file lock, so the xdist workers and the processes they start
+# never read an entry another is still writing.
+os.environ.setdefault(
+    'JAX_COMPILATION_CACHE_DIR',
+    os.path.join(os.path.dirname(os.path.dirname(__file__)), '.pytest_cache', 'jax'),
+)
+os.environ.setdefault('JAX_COMPILATION_CACHE_MAX_SIZE', str(4 * 2**30))
+
 import pytest
 
 from alexnet_jax import runtime

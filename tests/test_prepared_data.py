@@ -372,14 +372,19 @@ def _train_config(prepared, **overrides):
     return _config(*prepared, **{**fields, **overrides})
 
 
+# Recorded (with its time) when a program is read from the persistent compilation cache.
+CACHE_HIT_EVENT = '/jax/compilation_cache/cache_retrieval_time_sec'
+
+
 def _counting_compiles(monkeypatch) -> tuple[list[int], object]:
     """Patches steps.pmap_steps so that each train-step call records the XLA compilations it
-    caused; returns (that list, the listener to unregister)."""
+    caused (compiled, or read from the tests' on-disk cache); returns (that list, the listener
+    to unregister)."""
     compiles: list[str] = []
     per_call: list[int] = []
 
     def listener(event, *_, **__):
-        if 'backend_compile' in event:
+        if 'backend_compile' in event or event == CACHE_HIT_EVENT:
             compiles.append(event)
 
     real = steps.pmap_steps
