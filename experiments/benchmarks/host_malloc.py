@@ -1,7 +1,7 @@
 """Which glibc malloc setting should a CPU training step run under? Time, page faults, peak RSS.
 
 XLA:CPU allocates every step's temporary buffer afresh (hundreds of MB for AlexNet at batch 32).
-Four settings, each given to a fresh process through its environment (glibc reads
+Five settings, each given to a fresh process through its environment (glibc reads
 ``GLIBC_TUNABLES`` when a process starts):
 
 - ``default``: glibc's defaults. Blocks this large are mapped anew and unmapped on free, so a
@@ -10,7 +10,10 @@ Four settings, each given to a fresh process through its environment (glibc read
   ``trim_threshold`` at its maximum, ``arena_max=1``, as ``xla_cpu.keep_host_memory`` sets
   them), steps dispatched ahead: what ``main.py`` did before.
 - ``keep+sync``: the same, one step at a time (``jax_cpu_enable_async_dispatch`` off): what
-  ``main.py`` does with the ImageNet configs (``cpu_dispatch_ahead=False``).
+  ``main.py`` does with the ImageNet configs (``cpu_dispatch_ahead=False``). Like training, the
+  step is compiled before its first call and the memory freed meanwhile handed back
+  (``steps.compile_ahead``).
+- ``keep+sync+first-call``: the same, but compiled by its first call (before ``compile_ahead``).
 - ``huge``: glibc's defaults with transparent huge pages for the blocks it maps
   (``glibc.malloc.hugetlb=1``): tried, not used.
 
@@ -20,7 +23,8 @@ last, as in training) and reports ms a step, minor page faults a step, and its p
 RSS after imports. Settings alternate within each round; the table gives the median over rounds
 and the range.
 
-    python -m experiments.benchmarks.host_malloc [--variants paper,owt] [--rounds 3] [--steps 10]
+    python -m experiments.benchmarks.host_malloc [--variants paper,owt] [--rounds 3] [--steps 10] \
+        [--settings keep+sync,keep+sync+first-call]
 """
 
 from __future__ import annotations
@@ -45,11 +49,14 @@ KEEP = ':'.join(
 )
 # Set (to anything) for synchronous dispatch on the CPU (jax_cpu_enable_async_dispatch off).
 SYNC_ENV = 'HOST_MALLOC_SYNC_DISPATCH'
+# Set (to anything) to have the step compiled by its first call, not ahead of it.
+FIRST_CALL_ENV = 'HOST_MALLOC_FIRST_CALL_COMPILES'
 # name -> environment variables of the process
 SETTINGS = {
     'default': {},
     'keep': {'GLIBC_TUNABLES': KEEP},
     'keep+sync': {'GLIBC_TUNABLES': KEEP, SYNC_ENV: '1'},
+    'keep+sync+first-call': {'GLIBC_TUNABLES': KEEP, SYNC_ENV: '1', FIRST_CALL_ENV: '1'},
     'huge': {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'},
 }
 WARMUP_STEPS = 5
@@ -68,8 +75,11 @@ def child(variant: str, steps: int, batch: int) -> None:
     from experiments.benchmarks import train_step
     from experiments.benchmarks.host_memory import peak_rss_mib
 
-    runner = train_step.JaxRunner(argparse.Namespace(batch=batch, half=False), variant)
-    runner.run_step(wait=True)
+    ahead = not os.environ.get(FIRST_CALL_ENV)
+    runner = train_step.JaxRunner(
+        argparse.Namespace(batch=batch, half=False, compile_ahead=ahead), variant
+    )
+    runner.first_step()
     for _ in range(WARMUP_STEPS):
         runner.run_step(wait=True)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -104,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument('--steps', type=int, default=10)
     parser.add_argument('--batch', type=int, default=32)
+    parser.add_argument('--settings', default=','.join(SETTINGS), help='which, comma-separated')
     parser.add_argument('--json', help='write the measurements here')
     parser.add_argument('--child', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -113,11 +124,15 @@ def main(argv: list[str] | None = None) -> None:
     with open('/sys/kernel/mm/transparent_hugepage/enabled') as f:
         thp = f.read().strip()
     print(f'glibc {platform.libc_ver()[1]}, transparent huge pages: {thp}; batch {args.batch}')
+    settings = args.settings.split(',')
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        parser.error(f'--settings: unknown {unknown}; choose from {list(SETTINGS)}')
     results: dict[str, dict[str, list[dict]]] = {}
     for variant in args.variants.split(','):
-        runs = results.setdefault(variant, {s: [] for s in SETTINGS})
+        runs = results.setdefault(variant, {s: [] for s in settings})
         for r in range(args.rounds):
-            for setting in SETTINGS:
+            for setting in settings:
                 runs[setting].append(_measure(setting, variant, args))
                 print(f'{variant} round {r + 1} {setting}: {runs[setting][-1]}', flush=True)
     print('\n| variant | malloc | ms a step | page faults a step | peak RSS MiB |')
