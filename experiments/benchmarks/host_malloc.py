@@ -1,7 +1,7 @@
 """Which glibc malloc setting should a CPU training step run under? Time, page faults, peak RSS.
 
 XLA:CPU allocates every step's temporary buffer afresh (hundreds of MB for AlexNet at batch 32).
-Five settings, each given to a fresh process through its environment (glibc reads
+Seven settings, each given to a fresh process through its environment (glibc reads
 ``GLIBC_TUNABLES`` when a process starts):
 
 - ``default``: glibc's defaults. Blocks this large are mapped anew and unmapped on free, so a
@@ -14,6 +14,10 @@ Five settings, each given to a fresh process through its environment (glibc read
   step is compiled before its first call and the memory freed meanwhile handed back
   (``steps.compile_ahead``).
 - ``keep+sync+first-call``: the same, but compiled by its first call (before ``compile_ahead``).
+- ``main`` and ``main+first-call``: the process set up exactly as ``main.py`` sets it for the
+  ImageNet configs (``runtime.configure(keep_host_memory=True, dispatch_ahead=False)``: the same
+  malloc values, applied by ``mallopt`` once Python runs, not by glibc at start), compiled ahead
+  or by the first call.
 - ``huge``: glibc's defaults with transparent huge pages for the blocks it maps
   (``glibc.malloc.hugetlb=1``): tried, not used.
 
@@ -51,6 +55,8 @@ KEEP = ':'.join(
 SYNC_ENV = 'HOST_MALLOC_SYNC_DISPATCH'
 # Set (to anything) to have the step compiled by its first call, not ahead of it.
 FIRST_CALL_ENV = 'HOST_MALLOC_FIRST_CALL_COMPILES'
+# Set (to anything) to set the process up as main.py does (runtime.configure keeps host memory).
+MAIN_ENV = 'HOST_MALLOC_AS_MAIN'
 # name -> environment variables of the process
 SETTINGS = {
     'default': {},
@@ -58,6 +64,8 @@ SETTINGS = {
     'keep+sync': {'GLIBC_TUNABLES': KEEP, SYNC_ENV: '1'},
     'keep+sync+first-call': {'GLIBC_TUNABLES': KEEP, SYNC_ENV: '1', FIRST_CALL_ENV: '1'},
     'huge': {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'},
+    'main': {MAIN_ENV: '1', SYNC_ENV: '1'},
+    'main+first-call': {MAIN_ENV: '1', SYNC_ENV: '1', FIRST_CALL_ENV: '1'},
 }
 WARMUP_STEPS = 5
 
@@ -67,7 +75,10 @@ def child(variant: str, steps: int, batch: int) -> None:
     sys.path.insert(0, ROOT)
     from alexnet_jax import runtime
 
-    runtime.configure()
+    if os.environ.get(MAIN_ENV):
+        runtime.configure(keep_host_memory=True, dispatch_ahead=False)
+    else:
+        runtime.configure()
     import jax
 
     if os.environ.get(SYNC_ENV):
