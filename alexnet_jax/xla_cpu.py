@@ -79,18 +79,3 @@ def keep_host_memory() -> bool:
     libc = ctypes.CDLL(None)
     settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_ARENA_MAX, 1))
     return all(libc.mallopt(param, value) == 1 for param, value in settings)
-
-
-def release_free_host_memory() -> bool:
-    """Hands the heap's free memory back to the kernel, once (glibc's ``malloc_trim``).
-
-    For the moment after a training step is compiled and before it first runs: building the
-    state and compiling the step free a few hundred MB, which :func:`keep_host_memory` keeps
-    resident; the step's scratch buffer then often lands beside that memory instead of in it.
-    Returned first, the pages are not counted twice. Only glibc has ``malloc_trim``; elsewhere
-    this does nothing. Returns whether it ran.
-    """
-    if not sys.platform.startswith('linux') or platform.libc_ver()[0] != 'glibc':
-        return False
-    ctypes.CDLL(None).malloc_trim(0)
-    return True

@@ -1,7 +1,7 @@
 """Which glibc malloc setting should a CPU training step run under? Time, page faults, peak RSS.
 
 XLA:CPU allocates every step's temporary buffer afresh (hundreds of MB for AlexNet at batch 32).
-Seven settings, each given to a fresh process through its environment (glibc reads
+Five settings, each given to a fresh process through its environment (glibc reads
 ``GLIBC_TUNABLES`` when a process starts):
 
 - ``default``: glibc's defaults. Blocks this large are mapped anew and unmapped on free, so a
@@ -10,14 +10,10 @@ Seven settings, each given to a fresh process through its environment (glibc rea
   ``trim_threshold`` at its maximum, ``arena_max=1``, as ``xla_cpu.keep_host_memory`` sets
   them), steps dispatched ahead: what ``main.py`` did before.
 - ``keep+sync``: the same, one step at a time (``jax_cpu_enable_async_dispatch`` off): what
-  ``main.py`` does with the ImageNet configs (``cpu_dispatch_ahead=False``). Like training, the
-  step is compiled before its first call and the memory freed meanwhile handed back
-  (``steps.compile_ahead``).
-- ``keep+sync+first-call``: the same, but compiled by its first call (before ``compile_ahead``).
-- ``main`` and ``main+first-call``: the process set up exactly as ``main.py`` sets it for the
-  ImageNet configs (``runtime.configure(keep_host_memory=True, dispatch_ahead=False)``: the same
-  malloc values, applied by ``mallopt`` once Python runs, not by glibc at start), compiled ahead
-  or by the first call.
+  ``main.py`` does with the ImageNet configs (``cpu_dispatch_ahead=False``).
+- ``main``: the process set up exactly as ``main.py`` sets it for the ImageNet configs
+  (``runtime.configure(keep_host_memory=True, dispatch_ahead=False)``: the same malloc values,
+  applied by ``mallopt`` once Python runs, not by glibc at start).
 - ``huge``: glibc's defaults with transparent huge pages for the blocks it maps
   (``glibc.malloc.hugetlb=1``): tried, not used.
 
@@ -28,7 +24,7 @@ RSS after imports. Settings alternate within each round; the table gives the med
 and the range.
 
     python -m experiments.benchmarks.host_malloc [--variants paper,owt] [--rounds 3] [--steps 10] \
-        [--settings keep+sync,keep+sync+first-call]
+        [--settings keep+sync,main]
 """
 
 from __future__ import annotations
@@ -53,8 +49,6 @@ KEEP = ':'.join(
 )
 # Set (to anything) for synchronous dispatch on the CPU (jax_cpu_enable_async_dispatch off).
 SYNC_ENV = 'HOST_MALLOC_SYNC_DISPATCH'
-# Set (to anything) to have the step compiled by its first call, not ahead of it.
-FIRST_CALL_ENV = 'HOST_MALLOC_FIRST_CALL_COMPILES'
 # Set (to anything) to set the process up as main.py does (runtime.configure keeps host memory).
 MAIN_ENV = 'HOST_MALLOC_AS_MAIN'
 # name -> environment variables of the process
@@ -62,10 +56,8 @@ SETTINGS = {
     'default': {},
     'keep': {'GLIBC_TUNABLES': KEEP},
     'keep+sync': {'GLIBC_TUNABLES': KEEP, SYNC_ENV: '1'},
-    'keep+sync+first-call': {'GLIBC_TUNABLES': KEEP, SYNC_ENV: '1', FIRST_CALL_ENV: '1'},
     'huge': {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'},
     'main': {MAIN_ENV: '1', SYNC_ENV: '1'},
-    'main+first-call': {MAIN_ENV: '1', SYNC_ENV: '1', FIRST_CALL_ENV: '1'},
 }
 WARMUP_STEPS = 5
 
@@ -86,11 +78,8 @@ def child(variant: str, steps: int, batch: int) -> None:
     from experiments.benchmarks import train_step
     from experiments.benchmarks.host_memory import peak_rss_mib
 
-    ahead = not os.environ.get(FIRST_CALL_ENV)
-    runner = train_step.JaxRunner(
-        argparse.Namespace(batch=batch, half=False, compile_ahead=ahead), variant
-    )
-    runner.first_step()
+    runner = train_step.JaxRunner(argparse.Namespace(batch=batch, half=False), variant)
+    runner.run_step(wait=True)
     for _ in range(WARMUP_STEPS):
         runner.run_step(wait=True)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
