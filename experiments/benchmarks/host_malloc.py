@@ -1,7 +1,7 @@
 """Which glibc malloc setting should a CPU training step run under? Time, page faults, peak RSS.
 
 XLA:CPU allocates every step's temporary buffer afresh (hundreds of MB for AlexNet at batch 32).
-Five settings, each given to a fresh process through its environment (glibc reads
+Seven settings, each given to a fresh process through its environment (glibc reads
 ``GLIBC_TUNABLES`` when a process starts):
 
 - ``default``: glibc's defaults. Blocks this large are mapped anew and unmapped on free, so a
@@ -16,6 +16,9 @@ Five settings, each given to a fresh process through its environment (glibc read
   applied by ``mallopt`` once Python runs, not by glibc at start).
 - ``huge``: glibc's defaults with transparent huge pages for the blocks it maps
   (``glibc.malloc.hugetlb=1``): tried, not used.
+- ``jemalloc`` / ``tcmalloc``: another allocator preloaded (``LD_PRELOAD``; Debian's
+  ``libjemalloc2`` / ``libtcmalloc-minimal4``), one step at a time; the glibc values do not
+  apply. Tried, not used (RESULTS.md, issue 19).
 
 Each process builds the training step of ``train_step.py`` (same state, batch and settings),
 runs its first step and a few more, then times ``--steps`` steps in a row (waited for after the
@@ -58,12 +61,21 @@ SETTINGS = {
     'keep+sync': {'GLIBC_TUNABLES': KEEP, SYNC_ENV: '1'},
     'huge': {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'},
     'main': {MAIN_ENV: '1', SYNC_ENV: '1'},
+    'jemalloc': {'LD_PRELOAD': 'libjemalloc.so.2', SYNC_ENV: '1'},
+    'tcmalloc': {'LD_PRELOAD': 'libtcmalloc_minimal.so.4', SYNC_ENV: '1'},
 }
 WARMUP_STEPS = 5
 
 
 def child(variant: str, steps: int, batch: int) -> None:
     """One setting, one variant: prints one JSON line of measurements."""
+    preload = os.environ.get('LD_PRELOAD')
+    with open('/proc/self/maps') as f:
+        if preload and preload not in f.read():  # ld.so only warns and goes on without it
+            raise SystemExit(
+                f'{preload} was not loaded: install it (Debian: apt-get install libjemalloc2 '
+                'libtcmalloc-minimal4) or leave its setting out of --settings'
+            )
     sys.path.insert(0, ROOT)
     from alexnet_jax import runtime
 
@@ -94,7 +106,7 @@ def child(variant: str, steps: int, batch: int) -> None:
 
 
 def _measure(setting: str, variant: str, args: argparse.Namespace) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != 'GLIBC_TUNABLES'}
+    env = {k: v for k, v in os.environ.items() if k not in ('GLIBC_TUNABLES', 'LD_PRELOAD')}
     env.update(SETTINGS[setting])
     command = [sys.executable, '-m', 'experiments.benchmarks.host_malloc', '--child', variant]
     command += ['--steps', str(args.steps), '--batch', str(args.batch)]
