@@ -23,8 +23,9 @@ Seven settings, each given to a fresh process through its environment (glibc rea
 Each process builds the training step of ``train_step.py`` (same state, batch and settings),
 runs its first step and a few more, then times ``--steps`` steps in a row (waited for after the
 last, as in training) and reports ms a step, minor page faults a step, and its peak RSS less its
-RSS after imports. Settings alternate within each round; the table gives the median over rounds
-and the range.
+RSS after imports, and the size of the step's scratch block as XLA planned it
+(``memory_analysis().temp_size_in_bytes``). Settings alternate within each round; the table
+gives the median over rounds and the range.
 
     python -m experiments.benchmarks.host_malloc [--variants paper,owt] [--rounds 3] [--steps 10] \
         [--settings keep+sync,main]
@@ -97,10 +98,14 @@ def child(variant: str, steps: int, batch: int) -> None:
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     timed = train_step.timed_steps(runner, steps)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    peak = peak_rss_mib() - runner.rss_base
+    # After the peak is read: the step's one scratch block, as XLA planned it.
+    compiled = runner.step.lower(runner.state, runner.batch, runner.rng).compile()
     result = {
         'ms_per_step': 1000 * timed['time'],
         'faults_per_step': faults / steps,
-        'peak_rss_delta_mib': peak_rss_mib() - runner.rss_base,
+        'peak_rss_delta_mib': peak,
+        'scratch_bytes': compiled.memory_analysis().temp_size_in_bytes,
     }
     print(json.dumps(result), flush=True)
 
@@ -160,6 +165,9 @@ def main(argv: list[str] | None = None) -> None:
         f'median (range) over {args.rounds} rounds, settings alternated; {args.steps} steps '
         f'timed after {WARMUP_STEPS + 1}; peak RSS less the RSS after imports'
     )
+    for variant, runs in results.items():
+        scratch = {m['scratch_bytes'] for measured in runs.values() for m in measured}
+        print(f'{variant}: XLA scratch block (memory_analysis) {sorted(scratch)} bytes')
     if args.json:
         with open(args.json, 'w') as f:
             json.dump({'settings': SETTINGS, 'thp': thp, 'results': results}, f, indent=1)
