@@ -218,6 +218,9 @@ def _exit(code: int) -> None:
 
 def run() -> None:
     """Entry point of the ``alexnet-jax-train`` command."""
+    from alexnet_jax import xla_cpu
+
+    xla_cpu.exec_with_malloc_tunables()  # first: glibc reads them only as a process starts
     app.run(main, flags_parser=_parse_flags)
 
 

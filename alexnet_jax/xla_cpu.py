@@ -3,7 +3,9 @@
 Both must be in place before JAX starts its CPU backend. Neither is applied on import:
 :func:`alexnet_jax.runtime.configure`, the first call of every entry point, applies the XLA flag,
 and the malloc settings where the entry point asks (training and the training-step benchmark),
-since :func:`keep_host_memory` changes the whole process.
+since :func:`keep_host_memory` changes the whole process. The one malloc setting glibc reads
+only at start-up (:data:`NO_TCACHE`) is set by the training command restarting itself
+(:func:`exec_with_malloc_tunables`, from ``alexnet_jax.main.run``).
 """
 
 import ctypes
@@ -11,6 +13,7 @@ import importlib.util
 import os
 import platform
 import sys
+from collections.abc import Mapping
 
 # XLA:CPU runs convolutions and matrix products in YNNPACK only when its "dot" fusions are on;
 # JAX 0.10.2 leaves them off, and the training step is then ~1.3x slower.
@@ -28,6 +31,16 @@ MALLOC_ENV = 'ALEXNET_JAX_KEEP_HOST_MEMORY'
 
 # mallopt(3) parameters, from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+
+# glibc's per-thread cache of small freed blocks (tcache), off. XLA allocates each step's
+# scratch block aligned; glibc 2.36 serves an aligned request from a free block of the size
+# plus the alignment and puts the small pieces it cuts off into the tcache, where they cannot
+# merge back. The freed scratch block is then exactly its size, too small for the next step's
+# request, and the heap grows by a whole block in about half the processes (peak RSS 1.2
+# against 1.0 GB for `owt` at batch 32, 1.6 against 1.2 for `paper`). With the tcache off every
+# process stays at the lower level, at the same speed (experiments/RESULTS.md, issue 19; glibc
+# 2.39 merges the pieces itself). glibc reads it only as a process starts (GLIBC_TUNABLES).
+NO_TCACHE = 'glibc.malloc.tcache_count=0'
 
 # Python packages whose presence means JAX will run on an accelerator, not on the CPU.
 _ACCELERATOR_PACKAGES = ('jax_plugins', 'jax_cuda12_plugin', 'jax_cuda13_plugin', 'libtpu')
@@ -70,12 +83,48 @@ def keep_host_memory() -> bool:
     slow a many-threaded input pipeline on a large host. Call it first thing in the process,
     before JAX, TensorFlow or another library starts threads: a thread that already has an arena
     keeps it, and called late this slowed a parallel tf.data pipeline here (called first it did
-    not). ``ALEXNET_JAX_KEEP_HOST_MEMORY=0`` turns it off. Returns whether it was applied.
+    not). ``ALEXNET_JAX_KEEP_HOST_MEMORY=0`` turns it off. Returns whether it was applied. The
+    training command also starts with glibc's tcache off (:data:`NO_TCACHE`), without which
+    the freed scratch block often cannot be reused.
     """
-    if os.environ.get(MALLOC_ENV, '1') == '0' or not sys.platform.startswith('linux'):
-        return False
-    if platform.libc_ver()[0] != 'glibc' or not runs_on_cpu():
+    if not _keeps_host_memory_here():
         return False
     libc = ctypes.CDLL(None)
     settings = ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_ARENA_MAX, 1))
     return all(libc.mallopt(param, value) == 1 for param, value in settings)
+
+
+def with_malloc_tunables(env: Mapping[str, str]) -> dict[str, str]:
+    """A copy of ``env`` with :data:`NO_TCACHE` added to ``GLIBC_TUNABLES``.
+
+    A tcache count already there (the user's) is kept.
+    """
+    env = dict(env)
+    tunables = env.get('GLIBC_TUNABLES', '')
+    if 'glibc.malloc.tcache_count=' not in tunables:
+        env['GLIBC_TUNABLES'] = f'{tunables}:{NO_TCACHE}' if tunables else NO_TCACHE
+    return env
+
+
+def exec_with_malloc_tunables() -> None:
+    """Restarts this command with :data:`NO_TCACHE`, where :func:`keep_host_memory` applies.
+
+    The same program, arguments, environment otherwise and process id (``execve``); call it
+    first thing in an entry point, before any thread starts. Returns without doing anything
+    where host memory is not kept (an accelerator, not glibc, ``ALEXNET_JAX_KEEP_HOST_MEMORY=0``)
+    and once the tunable is set, so the restarted command goes on from here.
+    """
+    if not _keeps_host_memory_here():
+        return
+    env = with_malloc_tunables(os.environ)
+    if env.get('GLIBC_TUNABLES') == os.environ.get('GLIBC_TUNABLES'):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, sys.orig_argv, env)
+
+
+def _keeps_host_memory_here() -> bool:
+    if os.environ.get(MALLOC_ENV, '1') == '0' or not sys.platform.startswith('linux'):
+        return False
+    return platform.libc_ver()[0] == 'glibc' and runs_on_cpu()

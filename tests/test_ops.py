@@ -198,7 +198,10 @@ def _run_python(code: str, **env: str) -> str:
     import subprocess
     import sys
 
-    env = {**{k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}, **env}
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'GLIBC_TUNABLES')},
+        **env,
+    }
     out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
@@ -239,3 +242,70 @@ def test_keep_host_memory_only_for_the_cpu_backend():
     )
     assert _run_python(code, JAX_PLATFORMS='cuda,cpu').split() == ['False', 'False']
     assert _run_python(code, JAX_PLATFORMS='cpu').split()[0] == 'True'
+
+
+# glibc's own behaviour, the reason for the tcache tunable: an aligned 64 MB block is freed
+# (a block allocated after it keeps it from merging into the top of the heap) and asked for
+# again, ten times, after the caches of small free blocks were emptied (so that they have room
+# for the pieces an aligned allocation cuts off, as in a busy process). Prints how often the
+# new block went elsewhere.
+_ALIGNED_REUSE = """
+import ctypes, os
+from alexnet_jax import xla_cpu
+xla_cpu.exec_with_malloc_tunables()
+print(os.environ.get('GLIBC_TUNABLES'), xla_cpu.keep_host_memory())
+libc = ctypes.CDLL(None)
+libc.posix_memalign.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t, ctypes.c_size_t]
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+def aligned(n):
+    p = ctypes.c_void_p()
+    assert libc.posix_memalign(ctypes.byref(p), 64, n) == 0
+    return p.value
+drained = [libc.malloc(n) for n in range(8, 128, 8) for _ in range(16)]  # empty small caches
+moved = 0
+for _ in range(10):
+    a = aligned(64 << 20)
+    libc.malloc(4096)  # kept
+    libc.free(a)
+    b = aligned(64 << 20)
+    moved += b != a
+    libc.free(b)
+print(moved)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc settings')
+def test_the_restart_sets_the_tcache_tunable_once_and_keeps_the_users():
+    code = (
+        "import os; print('start', os.environ.get('GLIBC_TUNABLES'), flush=True)\n"
+        'from alexnet_jax import xla_cpu; xla_cpu.exec_with_malloc_tunables()\n'
+        "print('on', os.environ.get('GLIBC_TUNABLES'))"
+    )
+    on = 'glibc.malloc.tcache_count=0'
+    assert _run_python(code, JAX_PLATFORMS='cpu').splitlines() == [
+        'start None',
+        f'start {on}',
+        f'on {on}',
+    ]
+    mine = 'glibc.malloc.arena_max=2'
+    lines = _run_python(code, JAX_PLATFORMS='cpu', GLIBC_TUNABLES=mine).splitlines()
+    assert lines[-1] == f'on {mine}:{on}' and len(lines) == 3
+    theirs = 'glibc.malloc.tcache_count=3'
+    lines = _run_python(code, JAX_PLATFORMS='cpu', GLIBC_TUNABLES=theirs).splitlines()
+    assert lines == [f'start {theirs}', f'on {theirs}']  # theirs kept, no restart
+    for off in ({'ALEXNET_JAX_KEEP_HOST_MEMORY': '0'}, {'JAX_PLATFORMS': 'cuda,cpu'}):
+        assert _run_python(code, **off).splitlines() == ['start None', 'on None']
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc settings')
+def test_with_the_tcache_off_glibc_reuses_a_freed_aligned_block():
+    # The first block comes from the top of the heap and may move once.
+    tunables, applied, moved = _run_python(_ALIGNED_REUSE, JAX_PLATFORMS='cpu').split()
+    assert tunables == 'glibc.malloc.tcache_count=0' and applied == 'True' and int(moved) <= 1
+    import platform
+
+    version = tuple(int(v) for v in platform.libc_ver()[1].split('.')[:2])
+    if version < (2, 39):  # 2.39 merges the pieces itself (glibc bug 30723)
+        cached = {'JAX_PLATFORMS': 'cpu', 'GLIBC_TUNABLES': 'glibc.malloc.tcache_count=7'}
+        assert int(_run_python(_ALIGNED_REUSE, **cached).split()[-1]) >= 3

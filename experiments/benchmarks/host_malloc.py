@@ -1,7 +1,7 @@
 """Which glibc malloc setting should a CPU training step run under? Time, page faults, peak RSS.
 
 XLA:CPU allocates every step's temporary buffer afresh (hundreds of MB for AlexNet at batch 32).
-Seven settings, each given to a fresh process through its environment (glibc reads
+Ten settings, each given to a fresh process through its environment (glibc reads
 ``GLIBC_TUNABLES`` when a process starts):
 
 - ``default``: glibc's defaults. Blocks this large are mapped anew and unmapped on free, so a
@@ -11,9 +11,13 @@ Seven settings, each given to a fresh process through its environment (glibc rea
   them), steps dispatched ahead: what ``main.py`` did before.
 - ``keep+sync``: the same, one step at a time (``jax_cpu_enable_async_dispatch`` off): what
   ``main.py`` does with the ImageNet configs (``cpu_dispatch_ahead=False``).
-- ``main``: the process set up exactly as ``main.py`` sets it for the ImageNet configs
-  (``runtime.configure(keep_host_memory=True, dispatch_ahead=False)``: the same malloc values,
+- ``main``: the process set up exactly as ``main.py`` sets it for the ImageNet configs: glibc's
+  tcache off at start (the tunable ``main.py`` restarts itself with), then
+  ``runtime.configure(keep_host_memory=True, dispatch_ahead=False)`` (the ``keep`` values,
   applied by ``mallopt`` once Python runs, not by glibc at start).
+- ``keep+sync+notcache``, ``keep+sync+nofast``, ``keep+sync+merge``: ``keep+sync`` with glibc's
+  tcache off, its fast bins off, or both: which one keeps XLA's freed scratch block reusable
+  (the tcache; RESULTS.md, issue 19).
 - ``huge``: glibc's defaults with transparent huge pages for the blocks it maps
   (``glibc.malloc.hugetlb=1``): tried, not used.
 - ``jemalloc`` / ``tcmalloc``: another allocator preloaded (``LD_PRELOAD``; Debian's
@@ -44,6 +48,7 @@ import sys
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 
+NO_TCACHE = 'glibc.malloc.tcache_count=0'  # as alexnet_jax.xla_cpu.NO_TCACHE: main.py sets it
 KEEP = ':'.join(
     (
         'glibc.malloc.mmap_max=0',
@@ -61,7 +66,13 @@ SETTINGS = {
     'keep': {'GLIBC_TUNABLES': KEEP},
     'keep+sync': {'GLIBC_TUNABLES': KEEP, SYNC_ENV: '1'},
     'huge': {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=1'},
-    'main': {MAIN_ENV: '1', SYNC_ENV: '1'},
+    'main': {MAIN_ENV: '1', SYNC_ENV: '1', 'GLIBC_TUNABLES': NO_TCACHE},
+    'keep+sync+notcache': {'GLIBC_TUNABLES': f'{KEEP}:{NO_TCACHE}', SYNC_ENV: '1'},
+    'keep+sync+nofast': {'GLIBC_TUNABLES': KEEP + ':glibc.malloc.mxfast=0', SYNC_ENV: '1'},
+    'keep+sync+merge': {
+        'GLIBC_TUNABLES': f'{KEEP}:{NO_TCACHE}:glibc.malloc.mxfast=0',
+        SYNC_ENV: '1',
+    },
     'jemalloc': {'LD_PRELOAD': 'libjemalloc.so.2', SYNC_ENV: '1'},
     'tcmalloc': {'LD_PRELOAD': 'libtcmalloc_minimal.so.4', SYNC_ENV: '1'},
 }

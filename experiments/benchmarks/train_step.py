@@ -6,7 +6,8 @@ placed once, so the step is measured, not the input pipeline), state created by
 ``steps.create_train_state`` and placed by ``parallel.replicate``. The step includes the on-device
 preprocessing (uint8 -> float, PCA colour noise, mean-image subtraction), the forward and backward
 pass, the ``pmean`` and Section 5's SGD update (momentum 0.9, weight decay 5e-4). Its worker
-process starts as ``main.py`` does with the ImageNet configs: ``runtime.configure(
+process starts as ``main.py`` does with the ImageNet configs: glibc's tcache off (the tunable
+``main.py`` restarts itself with, ``xla_cpu.NO_TCACHE``), then ``runtime.configure(
 keep_host_memory=True, dispatch_ahead=False)`` first (on CPU, glibc keeps freed memory for the
 next step, one step runs at a time, and XLA:CPU's YNNPACK fusions are on).
 
@@ -18,8 +19,8 @@ decayed, as here). Its input is a batch made once. It runs in one or more *setti
 each a row of the table: a preset (``eager``: PyTorch's defaults; ``best-cpu``; ``best-gpu``) or
 flags joined by '+' (``cl`` channels-last, ``compile`` / ``autotune`` torch.compile of the forward
 pass and loss in the default / max-autotune mode, ``foreach`` / ``fused`` SGD, ``malloc`` our malloc
-settings). PyTorch at its best is the fastest setting of each run, per variant; the presets are what
-measured fastest here (RESULTS.md, issue 19).
+settings, the tcache tunable included). PyTorch at its best is the fastest setting of each run,
+per variant; the presets are what measured fastest here (RESULTS.md, issue 19).
 
 Each side runs in its own worker process (clean peak memory, no shared thread pools); the
 parent alternates rounds between them so that load from other processes hits all alike, and
@@ -50,6 +51,7 @@ import time
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 sys.path.insert(0, ROOT)  # run as a script too
 
+from alexnet_jax import xla_cpu  # noqa: E402
 from experiments.benchmarks.host_memory import peak_rss_mib, rss_mib  # noqa: E402
 from experiments.benchmarks.torch_peer import (  # noqa: E402
     TORCH_FLAGS,
@@ -218,7 +220,12 @@ class Worker:
         cmd = [sys.executable, os.path.abspath(__file__), '--worker', kind, '--variant', variant]
         cmd += ['--batch', str(args.batch)] + ['--half'] * args.half
         cmd += ['--jax-conv', args.jax_conv]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        # The malloc tunable main.py restarts itself with: ours, and PyTorch with 'malloc'.
+        mine = kind == 'jax' or 'malloc' in torch_flags(kind.removeprefix('torch:'))
+        env = xla_cpu.with_malloc_tunables(os.environ) if mine else None
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
 
     def read(self) -> dict:
         """The next reply: 'ready' first, then one per command sent."""
