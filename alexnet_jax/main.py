@@ -135,7 +135,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
     config = FLAGS.config
-    from alexnet_jax import cli, runtime
+    from alexnet_jax import cli, runtime, xla_cpu
 
     # Before anything starts threads.
     settings = runtime.configure(keep_host_memory=True, dispatch_ahead=config.cpu_dispatch_ahead)
@@ -150,7 +150,12 @@ def main(argv: list[str]) -> None:
             std_logging.getLogger('alexnet_jax').setLevel(std_logging.INFO)
         if settings.keeps_host_memory:
             ahead = 'dispatched ahead' if config.cpu_dispatch_ahead else 'one at a time'
-            log.info('CPU backend: host memory is reused between steps; steps %s.', ahead)
+            tcache = 'off' if xla_cpu.NO_TCACHE in os.environ.get('GLIBC_TUNABLES', '') else 'on'
+            log.info(
+                "CPU backend: host memory is reused between steps (glibc's tcache %s); steps %s.",
+                tcache,
+                ahead,
+            )
         code = _train(config)
     except DistributedInitError as error:
         print(f'error: {error}', file=sys.stderr)

@@ -114,7 +114,7 @@ def exec_with_malloc_tunables() -> None:
     where host memory is not kept (an accelerator, not glibc, ``ALEXNET_JAX_KEEP_HOST_MEMORY=0``)
     and once the tunable is set, so the restarted command goes on from here.
     """
-    if not _keeps_host_memory_here():
+    if not _keeps_host_memory_here() or not sys.executable:
         return
     env = with_malloc_tunables(os.environ)
     if env.get('GLIBC_TUNABLES') == os.environ.get('GLIBC_TUNABLES'):
