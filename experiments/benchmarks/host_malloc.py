@@ -47,8 +47,9 @@ import subprocess
 import sys
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+sys.path.insert(0, ROOT)
+from alexnet_jax.xla_cpu import NO_TCACHE  # noqa: E402  (the tunable main.py restarts with)
 
-NO_TCACHE = 'glibc.malloc.tcache_count=0'  # as alexnet_jax.xla_cpu.NO_TCACHE: main.py sets it
 KEEP = ':'.join(
     (
         'glibc.malloc.mmap_max=0',
@@ -88,7 +89,6 @@ def child(variant: str, steps: int, batch: int) -> None:
                 f'{preload} was not loaded: install it (Debian: apt-get install libjemalloc2 '
                 'libtcmalloc-minimal4) or leave its setting out of --settings'
             )
-    sys.path.insert(0, ROOT)
     from alexnet_jax import runtime
 
     if os.environ.get(MAIN_ENV):
