@@ -18,6 +18,7 @@ image that cannot be decoded is named in the log, skipped and listed in the head
 from __future__ import annotations
 
 import errno
+import fnmatch
 import hashlib
 import logging
 import os
@@ -118,7 +119,10 @@ def _check_out(out: str, params: dict) -> None:
                 )
             return
     # A marker's temporary file alone: a first run killed while it wrote the marker.
-    if set(os.listdir(out)) - {MARKER + '.tmp', workdir_lock.LOCK_NAME}:
+    lock_files = {workdir_lock.LOCK_NAME, MARKER + '.tmp'}
+    if {
+        n for n in os.listdir(out) if not fnmatch.fnmatch(n, workdir_lock.PRIVATE_PATTERN)
+    } - lock_files:
         raise PrepareError(
             f'--out {out} is not empty and holds no prepared set ({HEADER} or {MARKER}): '
             'refusing to write into it. Name a new or empty folder.'

@@ -299,13 +299,17 @@ def reuse_run(run: Run, source: str, sweep_dir: str) -> None:
     leaves no run that looks finished. The checkpoints stay in ``source``, which ``reused.json``
     names: give that directory to figures, evaluation or prediction (an archived run has none).
     """
-    from alexnet_jax.workdir_lock import LOCK_NAME
+    from alexnet_jax.workdir_lock import LOCK_NAME, PRIVATE_PATTERN
 
     workdir = run.workdir(sweep_dir)
     partial = workdir + COPYING
     shutil.rmtree(partial, ignore_errors=True)
     try:
-        shutil.copytree(source, partial, ignore=shutil.ignore_patterns('checkpoints', LOCK_NAME))
+        shutil.copytree(
+            source,
+            partial,
+            ignore=shutil.ignore_patterns('checkpoints', LOCK_NAME, PRIVATE_PATTERN),
+        )
         trained_by = None  # the commit that trained the source, where it says
         if os.path.exists(os.path.join(source, RUN_JSON)):
             with open(os.path.join(source, RUN_JSON)) as f:

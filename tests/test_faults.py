@@ -6,6 +6,7 @@ workdir, a multi-host peer that never comes, and a resume into another network.
 """
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -354,6 +355,73 @@ def test_lock_of_a_live_process_on_another_host_is_respected_until_stale(tmp_pat
     assert json.loads(lock_path.read_text())['pid'] == os.getpid()
     lock.release()
     assert not lock_path.exists()
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    child = subprocess.Popen([sys.executable, '-c', ''])
+    child.wait()
+    return child.pid
+
+
+def test_a_lock_still_being_written_is_not_taken_for_a_dead_one(tmp_path):
+    lock_path = tmp_path / workdir_lock.LOCK_NAME
+    lock_path.write_text('')  # created by a run that has not written its record yet
+    with pytest.raises(workdir_lock.WorkdirLockedError, match='being locked by another process'):
+        workdir_lock.WorkdirLock(str(tmp_path)).acquire()
+    old = time.time() - 2 * workdir_lock.UNREADABLE_GRACE_SECONDS  # its writer died
+    os.utime(lock_path, (old, old))
+    lock = workdir_lock.WorkdirLock(str(tmp_path))
+    lock.acquire()
+    assert json.loads(lock_path.read_text())['pid'] == os.getpid()
+    lock.release()
+    assert os.listdir(tmp_path) == []  # no private record left behind either
+
+
+def test_two_runs_finding_one_dead_holder_leave_the_lock_to_one(tmp_path, monkeypatch):
+    lock_path = tmp_path / workdir_lock.LOCK_NAME
+    dead = {'host': socket.gethostname(), 'pid': _dead_pid(), 'started': 'then'}
+    lock_path.write_text(json.dumps(dead))
+    first, second = workdir_lock.WorkdirLock(str(tmp_path)), workdir_lock.WorkdirLock(str(tmp_path))
+    judge = workdir_lock.WorkdirLock._stale
+
+    def first_takes_over_between(self, holder):  # the race, made to happen every time
+        verdict = judge(self, holder)
+        if self is second and not first.held:
+            first.acquire()
+        return verdict
+
+    monkeypatch.setattr(workdir_lock.WorkdirLock, '_stale', first_takes_over_between)
+    with pytest.raises(workdir_lock.WorkdirLockedError, match=f'in use by pid {os.getpid()}'):
+        second.acquire()
+    assert first.held and not second.held
+    second.release()  # holds nothing: removes nothing
+    assert lock_path.exists()
+    first.release()
+    assert os.listdir(tmp_path) == []
+
+
+def test_release_leaves_a_lock_another_run_took_over(tmp_path):
+    lock_path = tmp_path / workdir_lock.LOCK_NAME
+    lock = workdir_lock.WorkdirLock(str(tmp_path))
+    lock.acquire()
+    other = {'host': 'elsewhere', 'pid': 7, 'started': 'now', 'token': 'theirs'}
+    lock_path.write_text(json.dumps(other))  # judged stale elsewhere and taken over
+    lock.release()
+    assert json.loads(lock_path.read_text()) == other
+
+
+def test_lock_on_a_filesystem_without_hard_links(tmp_path, monkeypatch):
+    def refuse(*_):
+        raise PermissionError(errno.EPERM, 'Operation not permitted')
+
+    monkeypatch.setattr(os, 'link', refuse)
+    lock = workdir_lock.WorkdirLock(str(tmp_path))
+    lock.acquire()
+    with pytest.raises(workdir_lock.WorkdirLockedError, match=f'in use by pid {os.getpid()}'):
+        workdir_lock.WorkdirLock(str(tmp_path)).acquire()
+    lock.release()
+    assert os.listdir(tmp_path) == []
 
 
 # --- Multi-host: a coordinator that never comes. ---
