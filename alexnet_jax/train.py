@@ -7,6 +7,7 @@ What it drives lives elsewhere: the steps (``steps.py``, ``towers.py``), the eva
 (``metrics.py``). A finished run is read back by ``trained.py``.
 """
 
+import itertools
 import json
 import logging
 import time
@@ -151,6 +152,10 @@ def _loop(run: _Run, state: steps.TrainState, start: int) -> dict[str, Any]:
     )
     rng = jax.random.key(run.config.seed + 1)
     state = _redo_interrupted_evaluation(run, state, start)
+    if start < run.total:
+        first = next(batches)
+        steps.compile_ahead(run.placement.train_step, state, first, rng)
+        batches = itertools.chain([first], batches)
     step = start
     while step < run.total:
         state, step = _train(run, state, next(batches), rng, step)

@@ -1,7 +1,7 @@
 """Which glibc malloc setting should a CPU training step run under? Time, page faults, peak RSS.
 
 XLA:CPU allocates every step's temporary buffer afresh (hundreds of MB for AlexNet at batch 32).
-Ten settings, each given to a fresh process through its environment (glibc reads
+Eleven settings, each given to a fresh process through its environment (glibc reads
 ``GLIBC_TUNABLES`` when a process starts):
 
 - ``default``: glibc's defaults. Blocks this large are mapped anew and unmapped on free, so a
@@ -10,7 +10,9 @@ Ten settings, each given to a fresh process through its environment (glibc reads
   ``trim_threshold`` at its maximum, ``arena_max=1``, as ``xla_cpu.keep_host_memory`` sets
   them), steps dispatched ahead: what ``main.py`` did before.
 - ``keep+sync``: the same, one step at a time (``jax_cpu_enable_async_dispatch`` off): what
-  ``main.py`` does with the ImageNet configs (``cpu_dispatch_ahead=False``).
+  ``main.py`` does with the ImageNet configs (``cpu_dispatch_ahead=False``). Like training, the
+  step is compiled before its first call and the memory freed meanwhile handed back
+  (``steps.compile_ahead``; every setting but ``main+first-call`` does this).
 - ``main``: the process set up exactly as ``main.py`` sets it for the ImageNet configs: glibc's
   tcache off at start (the tunable ``main.py`` restarts itself with), then
   ``runtime.configure(keep_host_memory=True, dispatch_ahead=False)`` (the ``keep`` values,
@@ -18,6 +20,8 @@ Ten settings, each given to a fresh process through its environment (glibc reads
 - ``keep+sync+notcache``, ``keep+sync+nofast``, ``keep+sync+merge``: ``keep+sync`` with glibc's
   tcache off, its fast bins off, or both: which one keeps XLA's freed scratch block reusable
   (the tcache; RESULTS.md, issue 19).
+- ``main+first-call``: ``main``, the step compiled by its first call (as before
+  ``compile_ahead``).
 - ``huge``: glibc's defaults with transparent huge pages for the blocks it maps
   (``glibc.malloc.hugetlb=1``): tried, not used.
 - ``jemalloc`` / ``tcmalloc``: another allocator preloaded (``LD_PRELOAD``; Debian's
@@ -32,7 +36,7 @@ RSS after imports, and the size of the step's scratch block as XLA planned it
 gives the median over rounds and the range.
 
     python -m experiments.benchmarks.host_malloc [--variants paper,owt] [--rounds 3] [--steps 10] \
-        [--settings keep+sync,main]
+        [--settings main,main+first-call]
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ KEEP = ':'.join(
 )
 # Set (to anything) for synchronous dispatch on the CPU (jax_cpu_enable_async_dispatch off).
 SYNC_ENV = 'HOST_MALLOC_SYNC_DISPATCH'
+# Set (to anything) to have the step compiled by its first call, not ahead of it.
+FIRST_CALL_ENV = 'HOST_MALLOC_FIRST_CALL_COMPILES'
 # Set (to anything) to set the process up as main.py does (runtime.configure keeps host memory).
 MAIN_ENV = 'HOST_MALLOC_AS_MAIN'
 # name -> environment variables of the process
@@ -76,6 +82,12 @@ SETTINGS = {
     },
     'jemalloc': {'LD_PRELOAD': 'libjemalloc.so.2', SYNC_ENV: '1'},
     'tcmalloc': {'LD_PRELOAD': 'libtcmalloc_minimal.so.4', SYNC_ENV: '1'},
+    'main+first-call': {
+        MAIN_ENV: '1',
+        SYNC_ENV: '1',
+        'GLIBC_TUNABLES': NO_TCACHE,
+        FIRST_CALL_ENV: '1',
+    },
 }
 WARMUP_STEPS = 5
 
@@ -102,8 +114,11 @@ def child(variant: str, steps: int, batch: int) -> None:
     from experiments.benchmarks import train_step
     from experiments.benchmarks.host_memory import peak_rss_mib
 
-    runner = train_step.JaxRunner(argparse.Namespace(batch=batch, half=False), variant)
-    runner.run_step(wait=True)
+    ahead = not os.environ.get(FIRST_CALL_ENV)
+    runner = train_step.JaxRunner(
+        argparse.Namespace(batch=batch, half=False, compile_ahead=ahead), variant
+    )
+    runner.first_step()
     for _ in range(WARMUP_STEPS):
         runner.run_step(wait=True)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -121,6 +121,8 @@ class JaxRunner:
         self.step, self.eval_step = steps.pmap_steps(config, stats)
         self.device = str(jax.devices()[0].device_kind)
         self.half = args.half
+        self.steps = steps
+        self.compile_ahead = getattr(args, 'compile_ahead', True)
 
     def first_step(self) -> dict:
         durations: dict[str, float] = {}
@@ -131,6 +133,8 @@ class JaxRunner:
 
         self.jax.monitoring.register_event_duration_secs_listener(listener)
         start = time.perf_counter()
+        if self.compile_ahead:  # as training does (train.py); on CPU only
+            self.steps.compile_ahead(self.step, self.state, self.batch, self.rng)
         self.run_step(wait=True)
         first = time.perf_counter() - start
         self.jax.monitoring.unregister_event_duration_listener(listener)
