@@ -36,6 +36,8 @@ def _ours(x, w, strides, padding, groups=1):
         ((2, 11, 11, 3), 5, 5, (2, 2), [(1, 2), (0, 1)], 1),  # uneven padding
         ((1, 23, 23, 3), 11, 8, (4, 4), [(2, 2), (2, 2)], 1),  # conv1 of the paper, smaller
         ((2, 7, 7, 6), 3, 8, (1, 1), 'SAME', 2),  # two groups (the towers' conv2/4/5)
+        ((2, 9, 9, 16), 3, 32, (1, 1), 'SAME', 1),  # whole vectors: Winograd's, on AVX-512
+        ((2, 8, 10, 32), 3, 16, (1, 1), 'VALID', 1),
     ],
 )
 def test_values_and_both_gradients_equal_lax(x_shape, k, out, strides, padding, groups):
@@ -75,6 +77,27 @@ def test_vmap_over_a_stack_of_kernels():
     ours = jax.vmap(lambda w: _ours(x, w, (1, 1), 'SAME'))(ws)
     for i in range(3):
         np.testing.assert_allclose(ours[i], _lax(x, ws[i], (1, 1), 'SAME'), rtol=1e-5, atol=1e-5)
+
+
+def _avx512_core() -> bool:
+    with open('/proc/cpuinfo') as f:
+        flags = set(next(line for line in f if line.startswith('flags')).split())
+    return {'avx512f', 'avx512bw', 'avx512vl', 'avx512dq'} <= flags
+
+
+def test_winograd_for_3x3_stride_1_on_whole_vectors_unless_turned_off(monkeypatch):
+    # A plan is made once per geometry and process, so each case has a batch size of its own.
+    monkeypatch.delenv(onednn_conv.WINOGRAD_ENV, raising=False)
+    same = ((1, 1), (1, 1))
+    names = lambda n, c, k, o, stride=1, pad=same: onednn_conv.implementations(
+        (n, 13, 13, c), (k, k, c, o), (stride, stride), pad
+    )
+    assert all(('wino' in name) == _avx512_core() for name in names(101, 256, 3, 384))
+    assert not any('wino' in name for name in names(102, 8, 3, 16))  # not whole vectors
+    assert not any('wino' in name for name in names(103, 64, 5, 192, pad=((2, 2), (2, 2))))
+    assert not any('wino' in name for name in names(104, 64, 3, 64, stride=2))
+    monkeypatch.setenv(onednn_conv.WINOGRAD_ENV, '0')
+    assert not any('wino' in name for name in names(105, 256, 3, 384))
 
 
 def test_the_cpu_model_uses_it_unless_turned_off(monkeypatch):
