@@ -1,6 +1,7 @@
 // 2-D convolution, its input gradient and its kernel gradient through oneDNN, as XLA FFI
 // handlers for JAX on CPU (alexnet_jax/onednn_conv.py builds, loads and differentiates them).
 // Layouts as Flax's nn.Conv: activations NHWC, kernels HWIO, float32; no dilation, one group.
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -47,49 +48,93 @@ dnnl::engine& Engine() {
   return engine;
 }
 
-// The three primitives of one geometry. Created once (oneDNN generates code for them) and
-// reused; executing a primitive from several threads at once is safe because each call brings
-// its own scratchpad.
-//
-// Winograd's F(4x4, 3x3) where oneDNN has it (3x3 kernels, stride 1, AVX-512; it works in its own
-// blocked layout, so the activations are copied in and out): with those copies counted, 1.4-1.9x
-// faster than the direct kernels on AlexNet's conv3-5, forward and both gradients
-// (experiments/logs/2026-12-04-vm-issue19-wino/). Elsewhere, or with ALEXNET_JAX_WINOGRAD=0, the
-// direct kernels in NHWC. The choice depends only on the geometry, the host's instruction set and
-// that switch, never on a timing, so a resumed run computes what the interrupted one did.
+// How one part of a convolution (its forward pass, input gradient or kernel gradient) runs: a
+// primitive, created once (oneDNN generates code for it) and reused, and how many of the batch's
+// images each of its calls takes. Executing a primitive from several threads at once is safe
+// because each call brings its own scratchpad.
+template <typename PrimitiveDesc, typename Primitive>
+struct Part {
+  PrimitiveDesc pd;
+  Primitive primitive;
+  int64_t images_per_call = 0;  // a divisor of the batch
+
+  void Create(const PrimitiveDesc& desc, int64_t images) {
+    pd = desc;
+    primitive = Primitive(pd);
+    images_per_call = images;
+  }
+};
+
+// The three parts' descriptors for `g` with one algorithm and activation layout.
+struct Descriptors {
+  dnnl::convolution_forward::primitive_desc fwd;
+  dnnl::convolution_backward_data::primitive_desc bwd_data;
+  dnnl::convolution_backward_weights::primitive_desc bwd_weights;
+
+  Descriptors(const Geometry& g, dnnl::algorithm algo, tag layout) {
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    auto x = g.x(layout), y = g.y(layout), k = g.kernel_any();
+    fwd = {{dnnl::prop_kind::forward_training, algo, x, k, y, g.strides(), g.pad_l(), g.pad_r()},
+           attr, Engine()};
+    bwd_data = {{algo, x, k, y, g.strides(), g.pad_l(), g.pad_r()}, attr, Engine(), fwd};
+    bwd_weights = {{algo, x, k, y, g.strides(), g.pad_l(), g.pad_r()}, attr, Engine(), fwd};
+  }
+};
+
+Geometry WithImages(const Geometry& g, int64_t n) {
+  Geometry part = g;
+  part.n = n;
+  return part;
+}
+
+// Winograd's F(4x4, 3x3) runs a part where oneDNN has it (3x3 kernels, stride 1, AVX-512; in its
+// own blocked layout, so the activations are copied in and out) and its scratchpad stays within
+// kWinogradScratchBytes with calls of at least kWinogradMinImages images; elsewhere, or with
+// ALEXNET_JAX_WINOGRAD=0, the direct kernels in NHWC, all images in one call. The scratchpad is
+// what Winograd costs in memory: 28-84 MB for the forward pass of 1-32 images of AlexNet's conv4,
+// 74-129 MB for its kernel gradient, allocated next to XLA's buffers for the step; the bound keeps
+// the peak under PyTorch's (experiments/logs/2026-12-04-vm-issue19-wino/). The choice depends on
+// the geometry, the host's instruction set and that switch, never on a timing, so a resumed run
+// computes what the interrupted one did.
+constexpr size_t kWinogradScratchBytes = size_t{48} << 20;
+// Smaller calls are slower: conv4's forward pass over 32 images in calls of 8 took 1.14x the time
+// of one call, in calls of 4, 1.43x.
+constexpr int64_t kWinogradMinImages = 8;
+
 struct Plan {
-  dnnl::convolution_forward::primitive_desc fwd_pd;
-  dnnl::convolution_backward_data::primitive_desc bwd_data_pd;
-  dnnl::convolution_backward_weights::primitive_desc bwd_weights_pd;
-  dnnl::primitive fwd, bwd_data, bwd_weights;
+  Part<dnnl::convolution_forward::primitive_desc, dnnl::convolution_forward> fwd;
+  Part<dnnl::convolution_backward_data::primitive_desc, dnnl::convolution_backward_data> bwd_data;
+  Part<dnnl::convolution_backward_weights::primitive_desc, dnnl::convolution_backward_weights>
+      bwd_weights;
 
   explicit Plan(const Geometry& g) {
+    const int64_t min_images = std::min(g.n, kWinogradMinImages);
     const char* winograd = std::getenv("ALEXNET_JAX_WINOGRAD");
     // oneDNN also runs it on channel counts that are not whole 16-float vectors, padded, and then
     // 2-4x slower than direct (3 or 8 channels, 27x27); AlexNet's conv3-5 are all whole vectors.
     bool whole_vectors = g.c % 16 == 0 && g.o % 16 == 0;
     if (whole_vectors && (winograd == nullptr || std::string(winograd) != "0")) {
       try {
-        Build(g, dnnl::algorithm::convolution_winograd, tag::any);
-        return;
+        for (int64_t n = g.n; n >= min_images; --n) {  // the most images that fit, per part
+          if (g.n % n != 0) continue;
+          Descriptors wino(WithImages(g, n), dnnl::algorithm::convolution_winograd, tag::any);
+          auto fits = [](const auto& pd) {
+            return pd.scratchpad_desc().get_size() <= kWinogradScratchBytes;
+          };
+          if (!fwd.images_per_call && fits(wino.fwd)) fwd.Create(wino.fwd, n);
+          if (!bwd_data.images_per_call && fits(wino.bwd_data)) bwd_data.Create(wino.bwd_data, n);
+          if (!bwd_weights.images_per_call && fits(wino.bwd_weights)) {
+            bwd_weights.Create(wino.bwd_weights, n);
+          }
+        }
       } catch (const dnnl::error&) {  // not implemented for this geometry or host
       }
     }
-    Build(g, dnnl::algorithm::convolution_direct, tag::nhwc);
-  }
-
-  void Build(const Geometry& g, dnnl::algorithm algo, tag layout) {
-    dnnl::primitive_attr attr;
-    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-    auto x = g.x(layout), y = g.y(layout), k = g.kernel_any();
-    fwd_pd = {{dnnl::prop_kind::forward_training, algo, x, k, y, g.strides(), g.pad_l(),
-               g.pad_r()},
-              attr, Engine()};
-    bwd_data_pd = {{algo, x, k, y, g.strides(), g.pad_l(), g.pad_r()}, attr, Engine(), fwd_pd};
-    bwd_weights_pd = {{algo, x, k, y, g.strides(), g.pad_l(), g.pad_r()}, attr, Engine(), fwd_pd};
-    fwd = dnnl::convolution_forward(fwd_pd);
-    bwd_data = dnnl::convolution_backward_data(bwd_data_pd);
-    bwd_weights = dnnl::convolution_backward_weights(bwd_weights_pd);
+    Descriptors direct(g, dnnl::algorithm::convolution_direct, tag::nhwc);
+    if (!fwd.images_per_call) fwd.Create(direct.fwd, g.n);
+    if (!bwd_data.images_per_call) bwd_data.Create(direct.bwd_data, g.n);
+    if (!bwd_weights.images_per_call) bwd_weights.Create(direct.bwd_weights, g.n);
   }
 };
 
@@ -104,8 +149,15 @@ Plan& PlanFor(const Geometry& g) {
 
 memory Wrap(const memory::desc& desc, void* data) { return memory(desc, Engine(), data); }
 
-void Reorder(memory& from, memory& to, dnnl::stream& stream) {
-  dnnl::reorder(from, to).execute(stream, from, to);
+// Copies `from` into `to`'s layout; with `add`, adds it to what `to` holds.
+void Reorder(memory& from, memory& to, dnnl::stream& stream, bool add = false) {
+  dnnl::primitive_attr attr;
+  if (add) {
+    dnnl::post_ops sum;
+    sum.append_sum(1.0f);
+    attr.set_post_ops(sum);
+  }
+  dnnl::reorder(dnnl::reorder::primitive_desc(from, to, attr)).execute(stream, from, to);
 }
 
 // The memory of one call: the caller's buffers (NHWC activations, HWIO kernels) used as they are
@@ -153,35 +205,61 @@ class Call {
   std::vector<std::pair<memory, memory>> copies_out_;
 };
 
-ffi::Error Run(Kind kind, const Geometry& g, void* x, void* kernel, void* y) {
+// Runs one part of the convolution on the whole batch, `part.images_per_call` images at a time;
+// `run(call, x, y)` runs one call on the images at `x` and `y`.
+template <typename P, typename F>
+void ForEachCall(const P& part, const Geometry& g, float* x, float* y, dnnl::stream& stream,
+                 F run) {
+  const Geometry one = WithImages(g, part.images_per_call);
+  for (int64_t i = 0; i < g.n / one.n; ++i) {
+    Call call(stream);
+    run(call, one, x + i * one.n * g.h * g.w * g.c, y + i * one.n * g.oh * g.ow * g.o, i);
+    call.Finish();
+  }
+}
+
+ffi::Error Run(Kind kind, const Geometry& g, float* x, float* kernel, float* y) {
   try {
     Plan& plan = PlanFor(g);
     dnnl::stream stream(Engine());
-    Call call(stream);
+    Call whole(stream);  // the kernel in the primitive's layout, reordered once for all calls
     if (kind == Kind::kForward) {
-      const auto& pd = plan.fwd_pd;
-      plan.fwd.execute(stream, {{DNNL_ARG_SRC, call.Input(g.x(), x, pd.src_desc())},
-                                {DNNL_ARG_WEIGHTS, call.Input(g.kernel_hwio(), kernel,
-                                                              pd.weights_desc())},
-                                {DNNL_ARG_DST, call.Output(g.y(), y, pd.dst_desc())},
-                                {DNNL_ARG_SCRATCHPAD, call.Buffer(pd.scratchpad_desc())}});
+      const auto& pd = plan.fwd.pd;
+      memory k = whole.Input(g.kernel_hwio(), kernel, pd.weights_desc());
+      ForEachCall(plan.fwd, g, x, y, stream, [&](Call& call, const Geometry& one, float* xi,
+                                                 float* yi, int64_t) {
+        plan.fwd.primitive.execute(
+            stream, {{DNNL_ARG_SRC, call.Input(one.x(), xi, pd.src_desc())},
+                     {DNNL_ARG_WEIGHTS, k},
+                     {DNNL_ARG_DST, call.Output(one.y(), yi, pd.dst_desc())},
+                     {DNNL_ARG_SCRATCHPAD, call.Buffer(pd.scratchpad_desc())}});
+      });
     } else if (kind == Kind::kInputGrad) {
-      const auto& pd = plan.bwd_data_pd;
-      plan.bwd_data.execute(
-          stream, {{DNNL_ARG_DIFF_DST, call.Input(g.y(), y, pd.diff_dst_desc())},
-                   {DNNL_ARG_WEIGHTS, call.Input(g.kernel_hwio(), kernel, pd.weights_desc())},
-                   {DNNL_ARG_DIFF_SRC, call.Output(g.x(), x, pd.diff_src_desc())},
-                   {DNNL_ARG_SCRATCHPAD, call.Buffer(pd.scratchpad_desc())}});
-    } else {
-      const auto& pd = plan.bwd_weights_pd;
-      plan.bwd_weights.execute(
-          stream,
-          {{DNNL_ARG_SRC, call.Input(g.x(), x, pd.src_desc())},
-           {DNNL_ARG_DIFF_DST, call.Input(g.y(), y, pd.diff_dst_desc())},
-           {DNNL_ARG_DIFF_WEIGHTS, call.Output(g.kernel_hwio(), kernel, pd.diff_weights_desc())},
-           {DNNL_ARG_SCRATCHPAD, call.Buffer(pd.scratchpad_desc())}});
+      const auto& pd = plan.bwd_data.pd;
+      memory k = whole.Input(g.kernel_hwio(), kernel, pd.weights_desc());
+      ForEachCall(plan.bwd_data, g, x, y, stream, [&](Call& call, const Geometry& one, float* xi,
+                                                      float* yi, int64_t) {
+        plan.bwd_data.primitive.execute(
+            stream, {{DNNL_ARG_DIFF_DST, call.Input(one.y(), yi, pd.diff_dst_desc())},
+                     {DNNL_ARG_WEIGHTS, k},
+                     {DNNL_ARG_DIFF_SRC, call.Output(one.x(), xi, pd.diff_src_desc())},
+                     {DNNL_ARG_SCRATCHPAD, call.Buffer(pd.scratchpad_desc())}});
+      });
+    } else {  // the kernel gradient, summed over the calls in call order
+      const auto& pd = plan.bwd_weights.pd;
+      memory user_dk = Wrap(g.kernel_hwio(), kernel);
+      ForEachCall(plan.bwd_weights, g, x, y, stream, [&](Call& call, const Geometry& one,
+                                                         float* xi, float* yi, int64_t i) {
+        memory& dk = call.Buffer(pd.diff_weights_desc());
+        plan.bwd_weights.primitive.execute(
+            stream, {{DNNL_ARG_SRC, call.Input(one.x(), xi, pd.src_desc())},
+                     {DNNL_ARG_DIFF_DST, call.Input(one.y(), yi, pd.diff_dst_desc())},
+                     {DNNL_ARG_DIFF_WEIGHTS, dk},
+                     {DNNL_ARG_SCRATCHPAD, call.Buffer(pd.scratchpad_desc())}});
+        Reorder(dk, user_dk, stream, /*add=*/i > 0);
+      });
     }
-    call.Finish();
+    whole.Finish();
   } catch (const dnnl::error& e) {
     return ffi::Error(ffi::ErrorCode::kInternal, std::string("oneDNN: ") + e.what());
   }
@@ -199,34 +277,37 @@ using F32Out = ffi::ResultBuffer<ffi::F32>;
 ffi::Error Forward(F32 x, F32 k, F32Out y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
                    int64_t pl, int64_t pr) {
   auto g = Make(x.dimensions(), k.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr);
-  return Run(Kind::kForward, g, x.untyped_data(), k.untyped_data(), y->untyped_data());
+  return Run(Kind::kForward, g, x.typed_data(), k.typed_data(), y->typed_data());
 }
 
 ffi::Error InputGrad(F32 dy, F32 k, F32Out dx, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
                      int64_t pl, int64_t pr) {
   auto g = Make(dx->dimensions(), k.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
-  return Run(Kind::kInputGrad, g, dx->untyped_data(), k.untyped_data(), dy.untyped_data());
+  return Run(Kind::kInputGrad, g, dx->typed_data(), k.typed_data(), dy.typed_data());
 }
 
 ffi::Error KernelGrad(F32 x, F32 dy, F32Out dk, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
                       int64_t pl, int64_t pr) {
   auto g = Make(x.dimensions(), dk->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
-  return Run(Kind::kKernelGrad, g, x.untyped_data(), dk->untyped_data(), dy.untyped_data());
+  return Run(Kind::kKernelGrad, g, x.typed_data(), dk->typed_data(), dy.typed_data());
 }
 
 }  // namespace
 
 // For logs and tests: the names of the implementations oneDNN runs for one geometry (`geometry`:
 // n, h, w, c, kh, kw, o, oh, ow, stride h and w, padding top, bottom, left, right), forward, input
-// gradient and kernel gradient separated by " | ", into `out` (cut to `size`, NUL-terminated).
+// gradient and kernel gradient, then the images per call, separated by " | ", into `out` (cut to
+// `size`, NUL-terminated).
 extern "C" int OnednnConvImplementations(const int64_t* v, char* out, int64_t size) {
   try {
     Geometry g{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12],
                v[13], v[14]};
     Plan& plan = PlanFor(g);
-    std::string names = std::string(plan.fwd_pd.impl_info_str()) + " | " +
-                        plan.bwd_data_pd.impl_info_str() + " | " +
-                        plan.bwd_weights_pd.impl_info_str();
+    auto name = [](const auto& part) {
+      return std::string(part.pd.impl_info_str()) + " x" + std::to_string(part.images_per_call);
+    };
+    std::string names =
+        name(plan.fwd) + " | " + name(plan.bwd_data) + " | " + name(plan.bwd_weights);
     snprintf(out, size, "%s", names.c_str());
   } catch (const dnnl::error& e) {
     snprintf(out, size, "oneDNN: %s", e.what());

@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -85,17 +85,23 @@ def load() -> None:
         jax.ffi.register_ffi_target(target, capsule, platform='cpu')
 
 
+class Implementations(NamedTuple):
+    """What oneDNN runs for each part of one convolution: its kernel's name and the images each
+    call takes (``'jit_wino_4x3:avx512_core x8'``: Winograd's, 8 images a call)."""
+
+    forward: str
+    input_grad: str
+    kernel_grad: str
+
+
 def implementations(
     x_shape: Sequence[int],
     kernel_shape: Sequence[int],
     strides: Sequence[int],
     padding: Sequence[tuple[int, int]],
-) -> tuple[str, str, str]:
-    """The oneDNN implementations of one convolution's forward pass, input gradient and kernel
-    gradient, as oneDNN names them (``'jit_wino_4x3:avx512_core'`` is Winograd's): for logs.
-
-    ``x_shape`` NHWC, ``kernel_shape`` HWIO, ``padding`` ((top, bottom), (left, right)).
-    """
+) -> Implementations:
+    """What runs the convolution of these shapes (``x_shape`` NHWC, ``kernel_shape`` HWIO,
+    ``padding`` ((top, bottom), (left, right))): for logs and tests."""
     library = ctypes.cdll.LoadLibrary(build())
     (top, bottom), (left, right) = padding
     n, h, w, c = x_shape
@@ -107,8 +113,7 @@ def implementations(
     out = ctypes.create_string_buffer(512)
     if library.OnednnConvImplementations(values, out, ctypes.c_int64(len(out))) != 0:
         raise Unavailable(out.value.decode())
-    forward, input_grad, kernel_grad = out.value.decode().split(' | ')
-    return forward, input_grad, kernel_grad
+    return Implementations(*out.value.decode().split(' | '))
 
 
 def enabled() -> bool:

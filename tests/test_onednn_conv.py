@@ -5,6 +5,9 @@ and CI install them).
 """
 
 import logging
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -92,12 +95,60 @@ def test_winograd_for_3x3_stride_1_on_whole_vectors_unless_turned_off(monkeypatc
     names = lambda n, c, k, o, stride=1, pad=same: onednn_conv.implementations(
         (n, 13, 13, c), (k, k, c, o), (stride, stride), pad
     )
-    assert all(('wino' in name) == _avx512_core() for name in names(101, 256, 3, 384))
-    assert not any('wino' in name for name in names(102, 8, 3, 16))  # not whole vectors
-    assert not any('wino' in name for name in names(103, 64, 5, 192, pad=((2, 2), (2, 2))))
-    assert not any('wino' in name for name in names(104, 64, 3, 64, stride=2))
+    assert all(('wino' in name) == _avx512_core() for name in names(9, 64, 3, 64))
+    assert all(name.endswith(' x9') for name in names(9, 64, 3, 64))  # small: one call
+    assert not any('wino' in name for name in names(10, 8, 3, 16))  # not whole vectors
+    assert not any('wino' in name for name in names(11, 64, 5, 192, pad=((2, 2), (2, 2))))
+    assert not any('wino' in name for name in names(12, 64, 3, 64, stride=2))
+    if _avx512_core():  # conv4's forward over 32 images: a scratchpad too large for one call
+        forward = names(32, 384, 3, 384).forward
+        images = int(forward.rsplit(' x', 1)[1])
+        assert 'wino' in forward and 8 <= images < 32 and 32 % images == 0
     monkeypatch.setenv(onednn_conv.WINOGRAD_ENV, '0')
-    assert not any('wino' in name for name in names(105, 256, 3, 384))
+    assert not any('wino' in name for name in names(13, 64, 3, 64))
+    assert all(name.endswith(' x13') for name in names(13, 64, 3, 64))
+
+
+@pytest.mark.parametrize('channels', [(384, 384), (192, 192)])
+def test_batches_split_across_calls_equal_lax(channels):
+    # Where Winograd's scratchpad would be too large for the whole batch (conv4 of `owt`, and of
+    # `paper`'s towers for the kernel gradient), its calls take part of it and the kernel
+    # gradient sums over them.
+    onednn_conv.load()
+    c, o = channels
+    n = 48  # a scratchpad too large for one call also with the tests' single thread
+    split = onednn_conv.implementations((n, 13, 13, c), (3, 3, c, o), (1, 1), ((1, 1), (1, 1)))
+    if _avx512_core():  # what this test is for: the split happens
+        assert not split.forward.endswith(f' x{n}') or not split.kernel_grad.endswith(f' x{n}')
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(n, 13, 13, c)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, c, o)) / np.sqrt(9 * c), jnp.float32)
+    cot = jnp.asarray(rng.normal(size=(n, 13, 13, o)), jnp.float32)
+    args = ((1, 1), 'SAME')
+
+    def value_and_grads(f):
+        dx, dw = jax.grad(lambda x, w: jnp.sum(f(x, w, *args) * cot), (0, 1))(x, w)
+        return f(x, w, *args), dx, dw
+
+    for ours, ref in zip(value_and_grads(_ours), value_and_grads(_lax), strict=True):
+        assert float(jnp.max(jnp.abs(ours - ref))) <= 1e-5 * float(jnp.max(jnp.abs(ref)))
+
+
+def test_an_avx2_host_keeps_the_direct_kernels():
+    # oneDNN 2.6 has Winograd's float32 kernels for AVX-512 only: on an AVX2 host (emulated by
+    # capping oneDNN's instruction set, which it reads once per process) the plan falls back.
+    code = (
+        'from alexnet_jax import onednn_conv\n'
+        'print(onednn_conv.implementations((4, 13, 13, 256), (3, 3, 256, 384), (1, 1), '
+        '((1, 1), (1, 1))))'
+    )
+    env = {**os.environ, 'ONEDNN_MAX_CPU_ISA': 'AVX2'}
+    env.pop(onednn_conv.WINOGRAD_ENV, None)
+    out = subprocess.run(
+        [sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert 'wino' not in out
+    assert out.count('avx2') == 3, out
 
 
 def test_the_cpu_model_uses_it_unless_turned_off(monkeypatch):
