@@ -91,15 +91,17 @@ Geometry WithImages(const Geometry& g, int64_t n) {
 // Winograd's F(4x4, 3x3) runs a part where oneDNN has it (3x3 kernels, stride 1, AVX-512; in its
 // own blocked layout, so the activations are copied in and out) and its scratchpad stays within
 // kWinogradScratchBytes with calls of at least kWinogradMinImages images; elsewhere, or with
-// ALEXNET_JAX_WINOGRAD=0, the direct kernels in NHWC, all images in one call. The scratchpad is
-// what Winograd costs in memory: 28-84 MB for the forward pass of 1-32 images of AlexNet's conv4,
-// 74-129 MB for its kernel gradient, allocated next to XLA's buffers for the step; the bound keeps
-// the peak under PyTorch's (experiments/logs/2026-12-04-vm-issue19-wino/). The choice depends on
-// the geometry, the host's instruction set and that switch, never on a timing, so a resumed run
-// computes what the interrupted one did.
+// ALEXNET_JAX_WINOGRAD=0, the direct kernels in NHWC, all images in one call. The choice depends
+// on the geometry, the host's instruction set, oneDNN's thread count (the scratchpad grows with
+// it) and that switch, never on a timing, so a resumed run computes what the interrupted one did.
+//
+// The scratchpad is what Winograd costs in memory, on top of XLA's buffers for the step: 29-84 MB
+// for the forward pass of 1-32 images of the one-tower conv4 (384 channels in and out, two
+// threads), 74-129 MB for its kernel gradient. Unbounded, it put `owt`'s peak above PyTorch's;
+// bounded, the peak stays under it. Smaller calls are slower: that conv4's forward pass over 32
+// images in calls of 8 took 1.16x the time of one call, in calls of 4, 1.38x. Measured in
+// experiments/logs/2026-12-04-vm-issue19-wino/ (onednn_wino_*.log, run_all.out).
 constexpr size_t kWinogradScratchBytes = size_t{48} << 20;
-// Smaller calls are slower: conv4's forward pass over 32 images in calls of 8 took 1.14x the time
-// of one call, in calls of 4, 1.43x.
 constexpr int64_t kWinogradMinImages = 8;
 
 struct Plan {
@@ -112,7 +114,8 @@ struct Plan {
     const int64_t min_images = std::min(g.n, kWinogradMinImages);
     const char* winograd = std::getenv("ALEXNET_JAX_WINOGRAD");
     // oneDNN also runs it on channel counts that are not whole 16-float vectors, padded, and then
-    // 2-4x slower than direct (3 or 8 channels, 27x27); AlexNet's conv3-5 are all whole vectors.
+    // slower than direct (3 or 8 channels at 27x27: 0.5 against 0.1-0.3 ms); AlexNet's conv3-5
+    // are all whole vectors.
     bool whole_vectors = g.c % 16 == 0 && g.o % 16 == 0;
     if (whole_vectors && (winograd == nullptr || std::string(winograd) != "0")) {
       try {

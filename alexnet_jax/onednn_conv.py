@@ -7,8 +7,10 @@ so it drops into ``nn.Conv``; its forward pass, input gradient and kernel gradie
 oneDNN primitives in ``onednn_conv.cc``, compiled here on first use against the system's oneDNN
 (Debian/Ubuntu: ``apt-get install g++ libdnnl-dev``) and cached by source and jaxlib version.
 float32, NHWC/HWIO, no dilation; anything else goes to ``lax.conv_general_dilated``. The 3x3
-stride-1 convolutions (conv3-5) run Winograd's algorithm where oneDNN has it (AVX-512), 1.2-1.5x
-faster than its direct kernels (``ALEXNET_JAX_WINOGRAD=0`` turns it off).
+stride-1 convolutions (conv3-5) run Winograd's algorithm where oneDNN has it (AVX-512) and its
+scratchpad is small enough (``onednn_conv.cc``): the training step 1.06-1.11x faster than with
+oneDNN's direct kernels alone, which PyTorch runs (``ALEXNET_JAX_WINOGRAD=0`` turns it off;
+``experiments/logs/2026-12-04-vm-issue19-wino/``).
 """
 
 import ctypes
