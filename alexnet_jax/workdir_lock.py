@@ -96,16 +96,12 @@ class WorkdirLock:
         with open(private, 'w') as f:
             json.dump(self._holder, f)
         try:
-            os.link(private, self.path)  # atomic, and fails if the lock exists
-            return True
-        except FileExistsError:
-            return False
-        except OSError as e:
-            if e.errno not in _NO_LINKS:
-                raise
+            linked = self._link(private)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(private)
+        if linked is not None:
+            return linked
         try:  # no hard links here: create, then write (readers wait out the grace period)
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
@@ -124,18 +120,25 @@ class WorkdirLock:
         except FileNotFoundError:  # the other one removed it first
             return
         try:
-            if self._read(aside) != stale:
-                try:
-                    os.link(aside, self.path)
-                except FileExistsError:  # a third run took it meanwhile
-                    pass
-                except OSError as e:
-                    if e.errno not in _NO_LINKS:
-                        raise
-                    os.rename(aside, self.path)
+            # Not the dead holder's: put it back, unless a third run took the lock meanwhile.
+            if self._read(aside) != stale and self._link(aside) is None:
+                os.rename(aside, self.path)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(aside)
+
+    def _link(self, source: str) -> bool | None:
+        """Hard-links ``source`` to the lock's path, atomically: True if linked, False if the lock
+        exists, None where the filesystem has no hard links."""
+        try:
+            os.link(source, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno not in _NO_LINKS:
+                raise
+            return None
 
     def _read(self, path: str | None = None) -> dict:
         try:

@@ -124,10 +124,12 @@ def exec_with_malloc_tunables() -> None:
     os.execve(sys.executable, sys.orig_argv, env)
 
 
+def _glibc() -> bool:
+    return sys.platform.startswith('linux') and platform.libc_ver()[0] == 'glibc'
+
+
 def _keeps_host_memory_here() -> bool:
-    if os.environ.get(MALLOC_ENV, '1') == '0' or not sys.platform.startswith('linux'):
-        return False
-    return platform.libc_ver()[0] == 'glibc' and runs_on_cpu()
+    return os.environ.get(MALLOC_ENV, '1') != '0' and _glibc() and runs_on_cpu()
 
 
 def release_free_host_memory() -> bool:
@@ -139,7 +141,7 @@ def release_free_host_memory() -> bool:
     Returned first, the pages are not counted twice. Only glibc has ``malloc_trim``; elsewhere
     this does nothing. Returns whether it ran.
     """
-    if not sys.platform.startswith('linux') or platform.libc_ver()[0] != 'glibc':
+    if not _glibc():
         return False
     ctypes.CDLL(None).malloc_trim(0)
     return True
