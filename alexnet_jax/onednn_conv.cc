@@ -111,33 +111,39 @@ struct Plan {
       bwd_weights;
 
   explicit Plan(const Geometry& g) {
-    const int64_t min_images = std::min(g.n, kWinogradMinImages);
     const char* winograd = std::getenv("ALEXNET_JAX_WINOGRAD");
     // oneDNN also runs it on channel counts that are not whole 16-float vectors, padded, and then
     // slower than direct (3 or 8 channels at 27x27: 0.5 against 0.1-0.3 ms); AlexNet's conv3-5
     // are all whole vectors.
     bool whole_vectors = g.c % 16 == 0 && g.o % 16 == 0;
-    if (whole_vectors && (winograd == nullptr || std::string(winograd) != "0")) {
-      try {
-        for (int64_t n = g.n; n >= min_images; --n) {  // the most images that fit, per part
-          if (g.n % n != 0) continue;
-          Descriptors wino(WithImages(g, n), dnnl::algorithm::convolution_winograd, tag::any);
-          auto fits = [](const auto& pd) {
-            return pd.scratchpad_desc().get_size() <= kWinogradScratchBytes;
-          };
-          if (!fwd.images_per_call && fits(wino.fwd)) fwd.Create(wino.fwd, n);
-          if (!bwd_data.images_per_call && fits(wino.bwd_data)) bwd_data.Create(wino.bwd_data, n);
-          if (!bwd_weights.images_per_call && fits(wino.bwd_weights)) {
-            bwd_weights.Create(wino.bwd_weights, n);
-          }
-        }
-      } catch (const dnnl::error&) {  // not implemented for this geometry or host
-      }
-    }
+    if (whole_vectors && (winograd == nullptr || std::string(winograd) != "0")) TryWinograd(g);
     Descriptors direct(g, dnnl::algorithm::convolution_direct, tag::nhwc);
     if (!fwd.images_per_call) fwd.Create(direct.fwd, g.n);
     if (!bwd_data.images_per_call) bwd_data.Create(direct.bwd_data, g.n);
     if (!bwd_weights.images_per_call) bwd_weights.Create(direct.bwd_weights, g.n);
+  }
+
+  // Gives each part Winograd's kernels with the most images a call (a divisor of the batch, at
+  // least kWinogradMinImages) whose scratchpad fits; parts that fit nowhere stay unset.
+  void TryWinograd(const Geometry& g) {
+    try {
+      for (int64_t n = g.n; n >= std::min(g.n, kWinogradMinImages); --n) {
+        if (g.n % n != 0) continue;
+        Descriptors wino(WithImages(g, n), dnnl::algorithm::convolution_winograd, tag::any);
+        CreateIfFits(fwd, wino.fwd, n);
+        CreateIfFits(bwd_data, wino.bwd_data, n);
+        CreateIfFits(bwd_weights, wino.bwd_weights, n);
+        if (fwd.images_per_call && bwd_data.images_per_call && bwd_weights.images_per_call) return;
+      }
+    } catch (const dnnl::error&) {  // not implemented for this geometry or host
+    }
+  }
+
+  template <typename P, typename PrimitiveDesc>
+  static void CreateIfFits(P& part, const PrimitiveDesc& pd, int64_t images) {
+    if (!part.images_per_call && pd.scratchpad_desc().get_size() <= kWinogradScratchBytes) {
+      part.Create(pd, images);
+    }
   }
 };
 

@@ -76,12 +76,18 @@ def build() -> str:
 
 
 @functools.cache
-def load() -> None:
-    """Builds the library if needed and registers its handlers with XLA (once per process)."""
+def _library() -> ctypes.CDLL:
+    """The compiled library, built if needed and loaded once per process."""
     try:
-        library = ctypes.cdll.LoadLibrary(build())
+        return ctypes.cdll.LoadLibrary(build())
     except OSError as error:
         raise Unavailable(f'loading the oneDNN convolutions failed: {error}') from error
+
+
+@functools.cache
+def load() -> None:
+    """Builds the library if needed and registers its handlers with XLA (once per process)."""
+    library = _library()
     for target, symbol in _TARGETS.items():
         capsule = jax.ffi.pycapsule(getattr(library, symbol))
         jax.ffi.register_ffi_target(target, capsule, platform='cpu')
@@ -104,7 +110,6 @@ def implementations(
 ) -> Implementations:
     """What runs the convolution of these shapes (``x_shape`` NHWC, ``kernel_shape`` HWIO,
     ``padding`` ((top, bottom), (left, right))): for logs and tests."""
-    library = ctypes.cdll.LoadLibrary(build())
     (top, bottom), (left, right) = padding
     n, h, w, c = x_shape
     kh, kw, _, o = kernel_shape
@@ -113,7 +118,7 @@ def implementations(
     geometry = (n, h, w, c, kh, kw, o, oh, ow, *strides, top, bottom, left, right)
     values = (ctypes.c_int64 * len(geometry))(*geometry)
     out = ctypes.create_string_buffer(512)
-    if library.OnednnConvImplementations(values, out, ctypes.c_int64(len(out))) != 0:
+    if _library().OnednnConvImplementations(values, out, ctypes.c_int64(len(out))) != 0:
         raise Unavailable(out.value.decode())
     return Implementations(*out.value.decode().split(' | '))
 
