@@ -10,7 +10,8 @@ float32, NHWC/HWIO, no dilation; anything else goes to ``lax.conv_general_dilate
 stride-1 convolutions (conv3-5) run Winograd's algorithm where oneDNN has it (AVX-512) and its
 scratchpad is small enough (``onednn_conv.cc``): the training step 1.06-1.11x faster than with
 oneDNN's direct kernels alone, which PyTorch runs (``ALEXNET_JAX_WINOGRAD=0`` turns it off;
-``experiments/logs/2026-12-04-vm-issue19-wino/``).
+``experiments/logs/2026-12-04-vm-issue19-wino/``). Below AVX-512 (no Winograd there) the 3x3
+convolutions go to XLA, whose kernels beat oneDNN's direct ones there (:func:`conv`).
 """
 
 import ctypes
@@ -39,6 +40,7 @@ _TARGETS = {  # FFI target name -> symbol in the library
     'alexnet_onednn_conv_kernel_grad': 'OnednnConvKernelGrad',
 }
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
+_AVX512_CORE = 0x27  # dnnl_cpu_isa_avx512_core: every instruction set above it has its bits
 log = logging.getLogger(__name__)
 
 
@@ -123,6 +125,12 @@ def implementations(
     return Implementations(*out.value.decode().split(' | '))
 
 
+@functools.cache
+def runs_avx512() -> bool:
+    """Whether oneDNN runs its AVX-512 kernels here (read once: ``ONEDNN_MAX_CPU_ISA`` caps it)."""
+    return _library().dnnl_get_effective_cpu_isa() & _AVX512_CORE == _AVX512_CORE
+
+
 def enabled() -> bool:
     """Whether the model's CPU convolutions run here: they build and load, and are not turned off.
 
@@ -177,6 +185,12 @@ def conv(
         ws = jnp.split(rhs, feature_group_count, axis=-1)
         outs = [conv(x, w, *args[2:]) for x, w in zip(xs, ws, strict=True)]
         return jnp.concatenate(outs, axis=-1)
+    if rhs.shape[:2] == (3, 3) and tuple(window_strides) == (1, 1) and not runs_avx512():
+        # Below AVX-512 oneDNN 2.6 has no float32 Winograd, and XLA's 3x3 convolutions beat its
+        # direct kernels: oneDNN took 1.03-1.46x XLA's time in every part of conv3-5 with its
+        # instruction set capped at AVX2; conv1 and conv2 stay in oneDNN, 0.57-1.05x XLA's time
+        # (experiments/benchmarks/conv_choice.py; RESULTS.md, issue 19).
+        return jax.lax.conv_general_dilated(*args, **kwargs)
     if isinstance(padding, str):
         padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
     (top, bottom), (left, right) = padding

@@ -10,6 +10,7 @@ measured in ``experiments/RESULTS.md`` (issue 7).
 """
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -36,6 +37,68 @@ def split_grouped_conv(lhs: jax.Array, rhs: jax.Array, *args: Any, **kwargs: Any
         jax.lax.conv_general_dilated(x, w, *args, **kwargs) for x, w in zip(xs, ws, strict=True)
     ]
     return jnp.concatenate(outs, axis=-1)
+
+
+def space_to_depth_conv(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    **kwargs: Any,
+) -> jax.Array:
+    """:func:`split_grouped_conv`, with an ungrouped strided convolution run at stride 1.
+
+    Same parameters, same result. A convolution of stride s over few channels (conv1: 11x11 at
+    stride 4 over 3 colours) becomes a stride-1 convolution over s x s pixel blocks: the
+    input's blocks become s*s*C channels, the kernel is padded with zeros to a multiple of s
+    and cut into the same blocks (11x11x3 -> 3x3x48), and each output reads the same pixels with
+    the same weights. A GPU's matrix units multiply tiles many channels deep, which 3 channels
+    fill poorly; ``experiments/benchmarks/step_parts.py --parts s2d`` measures the difference
+    (on CPU, oneDNN gained nothing from it: RESULTS.md, issue 19). Every other convolution goes
+    to :func:`split_grouped_conv`. Assumes NHWC input and HWIO kernels, as
+    :class:`alexnet_jax.layers.Conv2D` passes them.
+    """
+    dims = ('NHWC', 'HWIO', 'NHWC')
+    extra = dict(kwargs)
+    groups = extra.pop('feature_group_count', 1)
+    layout = tuple(extra.pop('dimension_numbers', None) or ())
+    s = window_strides[0]
+    if s == 1 or tuple(window_strides) != (s, s) or groups != 1 or layout != dims or extra:
+        return split_grouped_conv(lhs, rhs, window_strides, padding, **kwargs)
+    x, w = space_to_depth(lhs, rhs, s, padding)
+    return jax.lax.conv_general_dilated(x, w, (1, 1), 'VALID', dimension_numbers=dims)
+
+
+def space_to_depth(
+    lhs: jax.Array, rhs: jax.Array, stride: int, padding: str | Sequence[tuple[int, int]]
+) -> tuple[jax.Array, jax.Array]:
+    """The input and kernel of :func:`space_to_depth_conv`'s stride-1 VALID convolution.
+
+    ``lhs`` NHWC, ``rhs`` HWIO, convolved at ``stride`` with ``padding``: the input padded (or
+    cropped) to the stride blocks its outputs read, each block one pixel of stride**2 * C
+    channels, and the kernel zero-padded to whole blocks and cut the same way.
+    """
+    n, height, width, channels = lhs.shape
+    kh, kw, _, features = rhs.shape
+    s = stride
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads((height, width), (kh, kw), (s, s), padding)
+    (top, bottom), (left, right) = padding
+    out_h = (height + top + bottom - kh) // s + 1
+    out_w = (width + left + right - kw) // s + 1
+    bh, bw = -(-kh // s), -(-kw // s)  # kernel size in blocks
+    # Pad (or crop) the input to exactly the blocks the outputs read: s * (out + blocks - 1).
+    rows, cols = s * (out_h + bh - 1), s * (out_w + bw - 1)
+    x = jax.lax.pad(
+        lhs,
+        jnp.zeros((), lhs.dtype),
+        ((0, 0, 0), (top, rows - height - top, 0), (left, cols - width - left, 0), (0, 0, 0)),
+    )
+    x = x.reshape(n, rows // s, s, cols // s, s, channels).transpose(0, 1, 3, 2, 4, 5)
+    x = x.reshape(n, rows // s, cols // s, s * s * channels)
+    w = jnp.pad(rhs, ((0, bh * s - kh), (0, bw * s - kw), (0, 0), (0, 0)))
+    w = w.reshape(bh, s, bw, s, channels, features).transpose(0, 2, 1, 3, 4, 5)
+    return x, w.reshape(bh, bw, s * s * channels, features)
 
 
 def dense(x: jax.Array, kernel: jax.Array) -> jax.Array:

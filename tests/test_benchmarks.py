@@ -1,5 +1,6 @@
 """The benchmarks' own arithmetic and bookkeeping (experiments/benchmarks/), without timing."""
 
+import gzip
 import json
 
 import flax
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import models
-from experiments.benchmarks import run_all, torch_peer, train_step
+from experiments.benchmarks import run_all, step_profile, torch_peer, train_step
 
 
 def _macs_from_model(variant: str) -> tuple[float, float]:
@@ -114,3 +115,45 @@ def test_the_machine_record_and_each_log_name_the_settings_that_change_a_benchma
         'GLIBC_TUNABLES=glibc.malloc.hugetlb=1 '
     )
     assert first.endswith("no_such_script.py '--out dir'")
+
+
+def test_profile_summary_counts_device_time_once_per_step(tmp_path):
+    """A GPU-shaped Perfetto trace (two streams that overlap, an XLA Ops lane, a host lane): the
+    busy time is the union of the kernels' spans, and each kernel's total is its own."""
+    meta = [
+        {'ph': 'M', 'pid': 1, 'name': 'process_name', 'args': {'name': '/host:CPU'}},
+        {'ph': 'M', 'pid': 2, 'name': 'process_name', 'args': {'name': '/device:GPU:0'}},
+        {'ph': 'M', 'pid': 1, 'tid': 5, 'name': 'thread_name', 'args': {'name': 'python'}},
+        {'ph': 'M', 'pid': 2, 'tid': 7, 'name': 'thread_name', 'args': {'name': 'Stream #7'}},
+        {'ph': 'M', 'pid': 2, 'tid': 8, 'name': 'thread_name', 'args': {'name': 'Stream #8'}},
+        {'ph': 'M', 'pid': 2, 'tid': 9, 'name': 'thread_name', 'args': {'name': 'XLA Ops'}},
+    ]
+
+    def kernel(tid, ts, dur, name, op):
+        return {
+            'ph': 'X',
+            'pid': 2,
+            'tid': tid,
+            'ts': ts,
+            'dur': dur,
+            'name': name,
+            'args': {'hlo_op': op},
+        }
+
+    spans = [
+        kernel(7, 0, 300, 'conv_kernel', 'conv1'),  # 0-300
+        kernel(8, 200, 200, 'gemm', 'fc6'),  # 200-400: overlaps the first by 100
+        kernel(7, 1000, 500, 'conv_kernel', 'conv2'),  # 1000-1500
+        {'ph': 'X', 'pid': 2, 'tid': 9, 'ts': 0, 'dur': 1500, 'name': 'all ops'},
+        {'ph': 'X', 'pid': 1, 'tid': 5, 'ts': 0, 'dur': 9000, 'name': 'host work'},
+    ]
+    path = tmp_path / 'trace.json.gz'
+    with gzip.open(path, 'wt') as f:
+        json.dump({'traceEvents': meta + spans}, f)
+    text = step_profile.summarize(str(path), steps=2)
+    # (400 + 500) us of kernels busy over 2 steps; conv_kernel 800 us of 1000 us of kernels.
+    assert 'kernels busy 0.450 ms per step' in text
+    assert '| `conv_kernel` | 1 | 0.400 | 80.0% |' in text
+    assert '| `fc6` | 0.5 | 0.100 | 20.0% |' in text
+    assert 'host work' not in text and 'all ops' not in text
+    assert step_profile.busy_time([(0, 3), (1, 2), (5, 6)]) == 4

@@ -134,21 +134,57 @@ def test_batches_split_across_calls_equal_lax(channels):
         assert float(jnp.max(jnp.abs(ours - ref))) <= 1e-5 * float(jnp.max(jnp.abs(ref)))
 
 
-def test_an_avx2_host_keeps_the_direct_kernels():
-    # oneDNN 2.6 has Winograd's float32 kernels for AVX-512 only: on an AVX2 host (emulated by
-    # capping oneDNN's instruction set, which it reads once per process) the plan falls back.
-    code = (
-        'from alexnet_jax import onednn_conv\n'
-        'print(onednn_conv.implementations((4, 13, 13, 256), (3, 3, 256, 384), (1, 1), '
-        '((1, 1), (1, 1))))'
-    )
-    env = {**os.environ, 'ONEDNN_MAX_CPU_ISA': 'AVX2'}
-    env.pop(onednn_conv.WINOGRAD_ENV, None)
+_WHO_RUNS = """
+import jax, jax.numpy as jnp
+from alexnet_jax import onednn_conv
+onednn_conv.load()
+print(onednn_conv.runs_avx512())
+print(onednn_conv.implementations((4, 13, 13, 256), (3, 3, 256, 384), (1, 1), ((1, 1), (1, 1))))
+dims = ('NHWC', 'HWIO', 'NHWC')
+for x, w, s, p, g in [((2, 9, 9, 8), (3, 3, 4, 8), 1, 1, 2), ((2, 9, 9, 4), (5, 5, 4, 8), 1, 2, 1),
+                      ((2, 23, 23, 3), (11, 11, 3, 8), 4, 2, 1)]:
+    x = jax.random.normal(jax.random.key(0), x)
+    w = jax.random.normal(jax.random.key(1), w)
+    def f(conv, x, w):
+        y = conv(x, w, (s, s), [(p, p)] * 2, dimension_numbers=dims, feature_group_count=g)
+        return jnp.sum(jnp.sin(y))
+    grads = jax.value_and_grad(lambda x, w: f(onednn_conv.conv, x, w), (0, 1))
+    jaxpr = str(jax.make_jaxpr(grads)(x, w))
+    ours = jax.tree.leaves(grads(x, w))
+    ref = jax.tree.leaves(
+        jax.value_and_grad(lambda x, w: f(jax.lax.conv_general_dilated, x, w), (0, 1))(x, w))
+    error = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(ours, ref))
+    print(w.shape[0], 'oneDNN' if 'alexnet_onednn_conv' in jaxpr else 'XLA', error < 1e-3)
+"""
+
+
+def _who_runs(**env: str) -> list[str]:
+    environ = {**os.environ, **env}
+    environ.pop(onednn_conv.WINOGRAD_ENV, None)
     out = subprocess.run(
-        [sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True
-    ).stdout
-    assert 'wino' not in out
-    assert out.count('avx2') == 3, out
+        [sys.executable, '-c', _WHO_RUNS], env=environ, capture_output=True, text=True, check=True
+    )
+    return out.stdout.splitlines()
+
+
+def test_an_avx2_host_runs_3x3_convolutions_in_xla_and_the_rest_in_onednn():
+    """On an AVX2 host (emulated by capping oneDNN's instruction set, which it reads once per
+    process) oneDNN 2.6 has no float32 Winograd, so its plan falls back to the direct kernels,
+    and the 3x3 stride-1 convolutions go to XLA (faster there); 5x5 and 11x11 stay in oneDNN.
+    Values and gradients equal lax's either way."""
+    avx512, plan, three, five, eleven = _who_runs(ONEDNN_MAX_CPU_ISA='AVX2')
+    assert avx512 == 'False'
+    assert 'wino' not in plan and plan.count('avx2') == 3, plan
+    assert three == '3 XLA True'
+    assert five == '5 oneDNN True'
+    assert eleven == '11 oneDNN True'
+
+
+def test_an_avx512_host_runs_every_convolution_in_onednn():
+    avx512, plan, *rows = _who_runs()
+    if avx512 != 'True':
+        pytest.skip('this host has no AVX-512 (oneDNN runs below it)')
+    assert rows == ['3 oneDNN True', '5 oneDNN True', '11 oneDNN True']
 
 
 def test_the_cpu_model_uses_it_unless_turned_off(monkeypatch):

@@ -124,6 +124,52 @@ def test_split_groups_gradients_equal_feature_group_count():
 
 
 @pytest.mark.parametrize(
+    ('shape', 'kernel', 'stride', 'padding', 'features'),
+    [
+        ((2, 227, 227, 3), 11, 4, 'VALID', 8),  # conv1 of `paper`: the input is cropped by 1
+        ((2, 224, 224, 3), 11, 4, ((2, 2), (2, 2)), 8),  # conv1 of `owt`: padded
+        ((2, 30, 31, 3), 5, 2, 'SAME', 4),  # height and width differ, uneven SAME padding
+        ((1, 17, 15, 5), 3, 2, ((1, 0), (0, 2)), 3),  # uneven explicit padding
+        ((2, 20, 20, 2), 4, 4, 'VALID', 3),  # kernel = stride: one block
+    ],
+)
+def test_space_to_depth_conv_equals_the_strided_conv_with_both_gradients(
+    shape, kernel, stride, padding, features
+):
+    """The stride-1 block form against lax's strided convolution: values, input and kernel
+    gradients, at full float32 precision on both sides."""
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, shape[-1], features)), jnp.float32)
+    strides = (stride, stride)
+    ours = lambda x, w: ops.space_to_depth_conv(x, w, strides, padding, dimension_numbers=NHWC)
+    ref = lambda x, w: _lax_conv(x, w, strides, padding)
+    with jax.default_matmul_precision('highest'):
+        y_ours, y_ref = ours(x, w), ref(x, w)
+        cot = jnp.asarray(rng.normal(size=y_ref.shape), jnp.float32)
+        g_ours = jax.vjp(ours, x, w)[1](cot)
+        g_ref = jax.vjp(ref, x, w)[1](cot)
+    assert y_ours.shape == y_ref.shape
+    np.testing.assert_allclose(y_ours, y_ref, rtol=1e-5, atol=1e-4)
+    for a, b in zip(g_ours, g_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-3)
+
+
+def test_space_to_depth_conv_leaves_other_convolutions_to_split_grouped_conv(monkeypatch):
+    """Stride 1, grouped or differently laid out convolutions never take the block form."""
+    calls = []
+    monkeypatch.setattr(ops, 'split_grouped_conv', lambda *a, **k: calls.append(k) or 0)
+    x, w = jnp.ones((1, 9, 9, 4)), jnp.ones((3, 3, 2, 4))
+    ops.space_to_depth_conv(x, w, (1, 1), 'SAME', dimension_numbers=NHWC)
+    ops.space_to_depth_conv(x, w, (2, 2), 'SAME', dimension_numbers=NHWC, feature_group_count=2)
+    ops.space_to_depth_conv(x, w, (2, 1), 'SAME', dimension_numbers=NHWC)
+    ops.space_to_depth_conv(x, w, (2, 2), 'SAME', dimension_numbers=('NCHW', 'OIHW', 'NCHW'))
+    assert len(calls) == 4
+    y = ops.space_to_depth_conv(x, jnp.ones((3, 3, 4, 4)), (2, 2), 'SAME', dimension_numbers=NHWC)
+    assert len(calls) == 4 and y.shape == (1, 5, 5, 4)
+
+
+@pytest.mark.parametrize(
     ('shape', 'window', 'stride', 'padding'),
     [
         ((2, 13, 13, 4), 3, 2, 'VALID'),  # overlapping, as the paper

@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
-# Issue 19's GPU figures, in one call that fits a short lease: the grouped convolutions against two
-# plain ones (grouped_conv.py), then the train-step benchmark at batch 256 in bf16 against PyTorch
-# at its best (the whole step in one CUDA graph, Inductor's max-autotune kernels, channels-last,
-# fused SGD) and its other settings, three separate runs, then where our step's time goes
-# (step_parts.py) and batch 128, as time allows. Every
+# Issue 19's GPU figures in a short lease: where our step's device time goes (a profile), the
+# kernel swaps that might shorten it, then the train-step benchmark at batch 256 in bf16 against
+# PyTorch at its best (the whole step in one CUDA graph, Inductor's max-autotune kernels,
+# channels-last, fused SGD) and its other settings, in separate runs (the stages below). Every
 # part has its own time limit inside BUDGET seconds (default 540), and each writes its log and
-# JSON to $OUT as it goes, so that a cut leaves what was measured. On a GPU machine with this
+# JSON as it goes, so that a cut leaves what was measured. On a GPU machine with this
 # project's requirements installed (requirements-bench-gpu.txt) it needs nothing else. It also
 # runs where TensorFlow and ml-collections are missing and cannot be installed, as on the lent GPU
-# machines here (JAX, Flax, optax, orbax and PyTorch, no network), as one call of the device tool:
+# machines here (JAX, Flax, optax, orbax and PyTorch, no network), as calls of the device tool:
 #
 #   pip download --no-deps ml-collections==1.1.0 -d .whl      # here; .whl/ is git-ignored
-#   run(command='bash experiments/benchmarks/gpu.sh', carry=['.whl'], timeout_s=600)
+#   run(command='BUDGET=575 bash experiments/benchmarks/gpu.sh', carry=['.whl'], timeout_s=600)
 #
 # The step's data is synthetic (numpy), so TensorFlow is never called; where it is missing,
 # empty stand-ins for tensorflow and tensorflow_datasets let the package import, and any call
-# into them raises. A short smoke run comes first, so that a broken setup fails in seconds.
+# into them raises. The first stage compiles and runs our step in seconds, so a broken setup
+# fails early.
 # Logs and JSON go to $LOGS (default /tmp/gpu-logs); after each part they are packed again into
 # $OUT/gpu-logs.tar.gz (one file: what the device tool brings back).
 set -uo pipefail
@@ -24,6 +24,7 @@ mkdir -p "$out" "${OUT:=/tmp/gpu-bench}"
 pack() { tar -czf "$OUT/gpu-logs.tar.gz" -C "$out" .; }
 export PYTHONUNBUFFERED=1
 budget=${BUDGET:-540}
+batch=${BATCH:-256}  # BATCH=4 STAGES="profile kernels": a dry run of those stages on a CPU
 left() { echo $((budget - SECONDS)); }
 # Our compiled steps are kept between the runs (the first run's first step is the cold one).
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jax-cache}
@@ -80,22 +81,27 @@ log() {
   pack
   echo "== $(date -u +%T) [${SECONDS}s] $*" | tee -a "$out/gpu.log"
 }
-# STAGES picks the parts, in order (default: all). A lease of 15 minutes holds about one cold
-# batch-256 run (PyTorch's max-autotune compiles for 150-170 s a net): a second call made within
-# the machine's 30 s warm period finds /tmp's compile caches (ours, Inductor's) and runs the rest
-# in minutes, with LOGS kept as well:
-#   STAGES="smoke grouped b256:1" bash experiments/benchmarks/gpu.sh
-#   STAGES="b256:2 b256:3 parts b128" bash experiments/benchmarks/gpu.sh
+# STAGES picks the parts, in order. The default fits one lease of 15 minutes as two calls made
+# one straight after the other (the machine stays warm for 30 s between calls, and with it
+# /tmp's compile caches, ours and Inductor's; LOGS is kept too):
+#   BUDGET=575 bash experiments/benchmarks/gpu.sh                       # call 1 (timeout 600)
+#   STAGES="b256:2 b256:3" BUDGET=300 bash experiments/benchmarks/gpu.sh  # call 2, right after
+# profile: where our step's device time goes (step_profile.py: JAX's profiler, the trace and the
+# HLO kept). kernels: the kernel swaps of step_parts.py against the step as it is. precompile:
+# PyTorch's max-autotune compile of the three nets, cold, as three processes at once (one after
+# the other they take 150-170 s each, which no call holds), so that the timed runs find
+# Inductor's cache warm; their first-step figures are then warm ones, and the cold compile is in
+# precompile-*.log. b256:N: the train step against PyTorch, a separate run each; run 1 with all
+# of TORCH_SETTINGS, later ones with TORCH_LATER (default: PyTorch at its best only).
 # Issue 17's sweeps run as stages too (sweep:dropout sweep:augmentation sweep:towers; not in the
 # default), from a prepared Fashion-MNIST made here and carried as .fmprep (53 MB; git-ignored):
 #   python -m alexnet_jax.prepare --config configs/fashion_mnist.py --out .fmprep --format raw
 #   run(command='STAGES="smoke sweep:dropout sweep:augmentation" bash ...', carry=['.whl', '.fmprep'])
-stages=${STAGES:-smoke grouped b256:1 b256:2 b256:3 parts b128}
+stages=${STAGES:-profile kernels precompile b256:1 b256:2}
 # PyTorch at its best (best-gpu: cl+autotune+graph+fused), the whole step in one CUDA graph
 # with cuDNN's kernels (cl+graph+fused), and its defaults (eager).
 common=(--variants owt,single_tower,paper --half --overlap-compile --peak-size 8192
-  --torch "${TORCH_SETTINGS:-best-gpu,cl+graph+fused,eager}" --mfu-peak-tflops 989
-  --warmup 10 --steps 30 --repeats 7)
+  --mfu-peak-tflops 989 --warmup 10 --steps 30 --repeats 7)
 for stage in $stages; do
   limit=$(($(left) - 10))
   [ "$limit" -gt 60 ] || { log "no time left for $stage"; break; }
@@ -106,17 +112,41 @@ for stage in $stages; do
         --torch cl+graph+fused --peak-size 1024 --half 2>&1 | tee "$out/smoke.log"
       [ "${PIPESTATUS[0]}" = 0 ] || { log "smoke failed"; exit 1; } ;;
     grouped)  # grouped convolutions against two plain ones, batch 256
-      timeout "$limit" python3 experiments/benchmarks/grouped_conv.py --batch 256 --half \
+      timeout "$limit" python3 experiments/benchmarks/grouped_conv.py --batch "$batch" --half \
         --steps 50 --rounds 7 --json "$out/grouped_conv.json" 2>&1 | tee "$out/grouped_conv.log" ;;
+    profile)  # the device time of our step, kernel by kernel (~25 s a net)
+      for variant in single_tower owt; do
+        [ "$(left)" -gt 40 ] || break
+        timeout 90 python3 experiments/benchmarks/step_profile.py --variant "$variant" \
+          --batch "$batch" --half --out "$out/profile-$variant" 2>&1 |
+          tee "$out/profile-$variant.log"
+      done ;;
+    kernels)  # kernel swaps against the step as it is, alternated in one process (~45 s a net)
+      for variant in single_tower owt; do
+        [ "$(left)" -gt 60 ] || break
+        timeout 120 python3 experiments/benchmarks/step_parts.py --variant "$variant" \
+          --batch "$batch" --half --rounds 7 --parts s2d,autodiff-pool,forward \
+          --json "$out/kernels-$variant.json" 2>&1 | tee "$out/kernels-$variant.log"
+      done ;;
+    precompile)  # PyTorch's cold max-autotune compile of the three nets at once
+      for variant in owt single_tower paper; do
+        timeout "$limit" python3 "$bench" --variants "$variant" --batch "$batch" --half \
+          --torch best-gpu --repeats 1 --steps 2 --warmup 1 --peak-size 1024 \
+          > "$out/precompile-$variant.log" 2>&1 &
+      done
+      wait
+      grep -h "^| [a-z_]* |" "$out"/precompile-*.log ;;
     b256:*)  # the train step against PyTorch, one separate run each
       run=${stage#b256:}
-      timeout "$limit" python3 "$bench" --batch 256 "${common[@]}" \
+      settings=${TORCH_SETTINGS:-best-gpu,cl+graph+fused,eager}
+      [ "$run" = 1 ] || settings=${TORCH_LATER:-best-gpu}
+      timeout "$limit" python3 "$bench" --batch "$batch" "${common[@]}" --torch "$settings" \
         --json "$out/b256-run$run.json" 2>&1 | tee "$out/b256-run$run.log" ;;
     parts)  # where our step's time goes: the step with one part taken out at a time
       for variant in owt single_tower; do
         [ "$(left)" -gt 40 ] || break
         timeout "$(($(left) - 5))" python3 experiments/benchmarks/step_parts.py --variant \
-          "$variant" --batch 256 --half --json "$out/parts-$variant.json" 2>&1 |
+          "$variant" --batch "$batch" --half --json "$out/parts-$variant.json" 2>&1 |
           tee "$out/parts-$variant.log"
       done ;;
     sweep:*)  # issue 17's claim sweeps on the GPU, from a prepared Fashion-MNIST carried in
@@ -131,9 +161,11 @@ for stage in $stages; do
       python3 -m experiments.sweep --sweep "experiments/sweeps/$name.py" \
         --workdir "/tmp/gpu-sweeps/$name" --archive "$out/sweeps/$name" ;;
     b128)
-      timeout "$limit" python3 "$bench" --batch 128 "${common[@]}" --json "$out/b128.json" \
+      timeout "$limit" python3 "$bench" --batch 128 "${common[@]}" \
+        --torch "${TORCH_SETTINGS:-best-gpu,cl+graph+fused,eager}" --json "$out/b128.json" \
         2>&1 | tee "$out/b128.log" ;;
-    *) log "unknown stage $stage (smoke grouped b256:N parts b128 sweep:NAME)"; exit 2 ;;
+    *) log "unknown stage $stage (smoke profile kernels grouped precompile b256:N parts b128"\
+      "sweep:NAME)"; exit 2 ;;
   esac
 done
 log "done"

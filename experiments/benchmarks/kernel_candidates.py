@@ -3,14 +3,17 @@
 PyTorch's CPU step is ahead of ours on conv1 and on the max-pools (``layers.py``). Candidates:
 - conv1 (11x11, stride 4, 3 channels) as a stride-1 convolution over 4x4 space-to-depth blocks
   (48 channels, the kernel zero-padded to 12x12), and as an explicit patch matrix product
-  (``lax.conv_general_dilated_patches``). Timed: forward and kernel gradient (the step needs no
-  input gradient of conv1), with the largest difference from ``lax.conv_general_dilated``.
+  (``lax.conv_general_dilated_patches``), each through XLA; and oneDNN's direct kernels (what
+  training runs on CPU) against the block form through oneDNN (Winograd's algorithm there).
+  Timed: forward and kernel gradient (the step needs no input gradient of conv1), with the
+  largest difference from ``lax.conv_general_dilated``.
 - max-pool: the forward pass as a maximum over the window's taps that also records the winning
   tap (an argmax over the stacked taps, int8, the only residual), the backward pass one strided
   pad per tap, summed. Timed alone (forward + backward, checked equal to ``ops.max_pool``) and
   inside the whole training step (``max_pool.step_times``), alternating with the unchanged step.
 
-    python experiments/benchmarks/kernel_candidates.py [--batch 32] [--repeats 9]
+    python experiments/benchmarks/kernel_candidates.py [--batch 32] [--repeats 9] \
+        [--parts conv1,pools,step]
 """
 
 import argparse
@@ -29,7 +32,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from alexnet_jax import ops  # noqa: E402
+from alexnet_jax import onednn_conv, ops  # noqa: E402
 from experiments.benchmarks import max_pool  # noqa: E402
 from experiments.benchmarks.lrn import time_call  # noqa: E402
 
@@ -48,20 +51,19 @@ def lax_conv(x: jax.Array, w: jax.Array, stride: int, pad: int) -> jax.Array:
 
 def space_to_depth_conv(x: jax.Array, w: jax.Array, stride: int, pad: int) -> jax.Array:
     """The strided convolution as a stride-1 one over stride x stride blocks of the input."""
-    b, size, _, c = x.shape
-    k, features = w.shape[0], w.shape[-1]
-    out = (size + 2 * pad - k) // stride + 1
-    blocks = -(-k // stride)  # the kernel's size in blocks, zero-padded to a whole number
-    cells = out + blocks - 1  # blocks per side the output needs
-    high = stride * cells - size - pad
-    x = jnp.pad(x, ((0, 0), (pad, max(high, 0)), (pad, max(high, 0)), (0, 0)))
-    x = x[:, : stride * cells, : stride * cells]
-    x = x.reshape(b, cells, stride, cells, stride, c).transpose(0, 1, 3, 2, 4, 5)
-    x = x.reshape(b, cells, cells, stride * stride * c)
-    w = jnp.pad(w, ((0, blocks * stride - k), (0, blocks * stride - k), (0, 0), (0, 0)))
-    w = w.reshape(blocks, stride, blocks, stride, c, features).transpose(0, 2, 1, 3, 4, 5)
-    w = w.reshape(blocks, blocks, stride * stride * c, features)
+    x, w = ops.space_to_depth(x, w, stride, [(pad, pad)] * 2)
     return jax.lax.conv_general_dilated(x, w, (1, 1), 'VALID', dimension_numbers=DIMS)
+
+
+def onednn_conv1(x: jax.Array, w: jax.Array, stride: int, pad: int) -> jax.Array:
+    """oneDNN's direct kernels, as training runs conv1 on CPU (``layers.kernels_for``)."""
+    return onednn_conv.conv(x, w, (stride,) * 2, [(pad, pad)] * 2, dimension_numbers=DIMS)
+
+
+def space_to_depth_onednn(x: jax.Array, w: jax.Array, stride: int, pad: int) -> jax.Array:
+    """The block form run by oneDNN, which picks Winograd for it (48 channels, 3x3, stride 1)."""
+    x, w = ops.space_to_depth(x, w, stride, [(pad, pad)] * 2)
+    return onednn_conv.conv(x, w, (1, 1), [(0, 0)] * 2, dimension_numbers=DIMS)
 
 
 def patch_conv(x: jax.Array, w: jax.Array, stride: int, pad: int) -> jax.Array:
@@ -123,6 +125,8 @@ CONV1_VERSIONS = (
     ('lax', lax_conv),
     ('space_to_depth', space_to_depth_conv),
     ('patches', patch_conv),
+    ('onednn', onednn_conv1),
+    ('space_to_depth, onednn', space_to_depth_onednn),
 )
 
 
@@ -188,13 +192,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--batch', type=int, default=32)
     parser.add_argument('--repeats', type=int, default=9)
+    parser.add_argument('--parts', default='conv1,pools,step', help='comma-separated')
     args = parser.parse_args()
+    parts = set(args.parts.split(','))
+    if parts - {'conv1', 'pools', 'step'}:
+        parser.error(f'unknown parts {sorted(parts - {"conv1", "pools", "step"})}')
     args.half, args.steps = False, 2  # read by max_pool.step_times
     rng = np.random.default_rng(0)
     print(f'{jax.devices()[0].device_kind}, batch {args.batch}, float32; median ms')
-    conv1_rows(args, rng)
-    pool_rows(args, rng)
-    step_rows(args)
+    if 'conv1' in parts:
+        onednn_conv.load()
+        conv1_rows(args, rng)
+        for _, size, features, pad in CONV1:  # which oneDNN kernels ran, part by part
+            x = jax.ShapeDtypeStruct((args.batch, size, size, 3), jnp.float32)
+            w = jax.ShapeDtypeStruct((11, 11, 3, features), jnp.float32)
+            xb, wb = jax.eval_shape(
+                lambda x, w, pad=pad: ops.space_to_depth(x, w, 4, [(pad, pad)] * 2), x, w
+            )
+            print(
+                f'oneDNN, conv1 {x.shape} {w.shape}:',
+                onednn_conv.implementations(x.shape, w.shape, (4, 4), [(pad, pad)] * 2),
+            )
+            print(
+                f'  its blocks {xb.shape} {wb.shape}:',
+                onednn_conv.implementations(xb.shape, wb.shape, (1, 1), [(0, 0)] * 2),
+            )
+    if 'pools' in parts:
+        pool_rows(args, rng)
+    if 'step' in parts:
+        step_rows(args)
     print('ratio: ops time / candidate time (above 1: the candidate is faster)')
 
 

@@ -87,7 +87,10 @@ ENVIRONMENT = (
     'JAX_PLATFORMS',
     'ALEXNET_JAX_KEEP_HOST_MEMORY',
     'ALEXNET_JAX_ONEDNN',
-    'OMP_NUM_THREADS',
+    'ALEXNET_JAX_WINOGRAD',
+    'ONEDNN_MAX_CPU_ISA',  # caps oneDNN's instruction set (ours and PyTorch's): an AVX2 host
+    'ATEN_CPU_CAPABILITY',  # caps PyTorch's own kernels and Inductor's code the same way
+    'MKL_ENABLE_INSTRUCTIONS',
     'OMP_WAIT_POLICY',
     'GLIBC_TUNABLES',
     'LD_PRELOAD',

@@ -1,16 +1,23 @@
-"""Where a training step's time goes: the step timed with one part taken out at a time.
+"""Where a training step's time goes: the step timed with one part taken out or swapped.
 
 A profile-free breakdown (METHOD.md's "time variants that leave one stage out"): the step of
 ``train_step.py``'s ``JaxRunner`` (the one training runs), then the same step with one config
-field changed, each compiled once and timed in alternating rounds in one process; the
-difference from the full step is what that part costs. The forward pass alone is the eval step
-on the same batch (no dropout or colour noise, no gradients, no update).
+field changed or one kernel swapped, each compiled once and timed in alternating rounds in one
+process; the difference from the full step is what that part costs (or what the swap saves).
+The forward pass alone is the eval step on the same batch (no dropout or colour noise, no
+gradients, no update).
 
     python experiments/benchmarks/step_parts.py --variant owt --batch 256 --half   # a GPU
     python experiments/benchmarks/step_parts.py --variant paper --batch 8 --steps 2  # smoke
+    python experiments/benchmarks/step_parts.py --parts s2d,autodiff-pool  # only the swaps
 
-Parts: ``lrn`` (norm='none'; the paper's nets only), ``dropout`` (dropout_rate=0),
-``colour noise`` (pca_noise_std=0), ``mean image`` (normalization='none').
+Parts (``--parts``, default all): ``lrn`` (norm='none'; the paper's nets only), ``dropout``
+(dropout_rate=0), ``noise`` (pca_noise_std=0), ``mean`` (normalization='none'), ``forward``
+(the eval step). Kernel swaps, A/Bs of ``layers.kernels_for``'s choice: ``s2d`` (conv1 at
+stride 1 on 4x4 pixel blocks, ``ops.space_to_depth_conv``), ``autodiff-pool`` (the max-pool's
+gradient by autodiff, ``ops.plain_max_pool``), ``split-conv`` (``ops.split_grouped_conv``: on
+CPU in place of oneDNN's), ``plain-dense`` (``ops.plain_dense``: on CPU in place of ``ops.dense``),
+``onednn-everywhere`` (no convolution left to XLA; on CPU below AVX-512 the 3x3 ones are).
 """
 
 import argparse
@@ -23,16 +30,40 @@ import time
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 sys.path.insert(0, ROOT)
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from alexnet_jax import ops  # noqa: E402
 from experiments.benchmarks.train_step import IMAGE_SIZE, JaxRunner, train_flops  # noqa: E402
 
-# (label, config overrides) of each variant of the step; the first is the full step.
-PARTS = [
-    ('full step', {}),
-    ('without LRN', {'norm': 'none'}),
-    ('without dropout', {'dropout_rate': 0.0}),
-    ('without colour noise', {'pca_noise_std': 0.0}),
-    ('without mean-image subtraction', {'normalization': 'none'}),
-]
+
+def onednn_everywhere(lhs, rhs, window_strides, padding, feature_group_count=1, **kwargs):
+    """Every convolution group in oneDNN's primitives, none left to XLA (``onednn_conv.conv``
+    leaves 3x3 ones to XLA below AVX-512): the choice as it was before that rule."""
+    from alexnet_jax import onednn_conv
+
+    if isinstance(padding, str):
+        padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
+    geometry = (*window_strides, *padding[0], *padding[1])
+    xs = jnp.split(lhs, feature_group_count, axis=-1)
+    ws = jnp.split(rhs, feature_group_count, axis=-1)
+    outs = [onednn_conv._conv(x, w, geometry) for x, w in zip(xs, ws, strict=True)]
+    return jnp.concatenate(outs, axis=-1)
+
+
+# key: (label, config overrides, kernel overrides); the full step comes first, always.
+PARTS = {
+    'lrn': ('without LRN', {'norm': 'none'}, {}),
+    'dropout': ('without dropout', {'dropout_rate': 0.0}, {}),
+    'noise': ('without colour noise', {'pca_noise_std': 0.0}, {}),
+    'mean': ('without mean-image subtraction', {'normalization': 'none'}, {}),
+    's2d': ('conv1 on 4x4 blocks at stride 1', {}, {'conv': ops.space_to_depth_conv}),
+    'autodiff-pool': ('max-pool gradient by autodiff', {}, {'max_pool': ops.plain_max_pool}),
+    'split-conv': ('convolutions by split_grouped_conv', {}, {'conv': ops.split_grouped_conv}),
+    'plain-dense': ('dense layers as one dot', {}, {'dense': ops.plain_dense}),
+    'onednn-everywhere': ('every convolution in oneDNN', {}, {'conv': onednn_everywhere}),
+}
+FORWARD = 'forward pass only (eval step)'
 
 
 def main() -> None:
@@ -43,15 +74,30 @@ def main() -> None:
     parser.add_argument('--steps', type=int, default=30, help='steps per timed round')
     parser.add_argument('--rounds', type=int, default=5)
     parser.add_argument('--json', help='also write the results here')
+    parser.add_argument(
+        '--mfu-peak-tflops', type=float, default=989.0, help="the device's peak (H100/H200 bf16)"
+    )
+    parser.add_argument(
+        '--parts', default=','.join([*PARTS, 'forward']), help='comma-separated; see the top'
+    )
     args = parser.parse_args()
+    keys = [k for k in args.parts.split(',') if k]
+    unknown = sorted(set(keys) - {*PARTS, 'forward'})
+    if unknown:
+        parser.error(f'unknown parts {unknown}; choose from {[*PARTS, "forward"]}')
     from alexnet_jax import runtime
 
     runtime.configure(keep_host_memory=True, dispatch_ahead=False)  # as train_step's worker
     import jax
 
-    parts = [p for p in PARTS if not (p[1].get('norm') and args.variant == 'owt')]
-    runners = {label: JaxRunner(args, args.variant, **kw) for label, kw in parts}
-    full = runners['full step']
+    if args.variant == 'owt' and 'lrn' in keys:  # owt has no LRN
+        keys.remove('lrn')
+    full = JaxRunner(args, args.variant)
+    runners = {'full step': full}
+    for key in keys:
+        if key != 'forward':
+            label, overrides, kernels = PARTS[key]
+            runners[label] = JaxRunner(args, args.variant, kernels=kernels, **overrides)
     timed = {label: r.run_step for label, r in runners.items()}
 
     import numpy as np
@@ -66,7 +112,8 @@ def main() -> None:
         if wait:
             jax.block_until_ready(out)
 
-    timed['forward pass only (eval step)'] = forward
+    if 'forward' in keys:
+        timed[FORWARD] = forward
     for fn in timed.values():  # compile, then warm up
         for i in range(3):
             fn(wait=i == 2)
@@ -84,11 +131,22 @@ def main() -> None:
         f'{jax.devices()[0].device_kind}, jax {jax.__version__}; median of {args.rounds} rounds '
         f'of {args.steps} steps; full step {flops / base / 1e12:.1f} TFLOP/s'
     )
-    print('| step | ms | part costs ms | share of the step |\n|---|---:|---:|---:|')
+    print(
+        '| step | ms | part costs ms | share of the step | / full step (rounds min-max) '
+        f'| MFU % ({args.mfu_peak_tflops:g} TFLOP/s) |\n|---|---:|---:|---:|---|---:|'
+    )
     for label, ts in times.items():
         ms = statistics.median(ts) * 1e3
         cost = base * 1e3 - ms if label != 'full step' else 0.0
-        print(f'| {label} | {ms:.3f} | {cost:.3f} | {100 * cost / (base * 1e3):.1f}% |')
+        rounds = [t / f for t, f in zip(ts, times['full step'], strict=True)]
+        spread = f'{min(rounds):.3f}-{max(rounds):.3f}' if label != 'full step' else ''
+        # The full step's training FLOPs, whatever the row leaves out (the forward pass: a third).
+        mfu = 100 * flops / (ms / 1e3) / (args.mfu_peak_tflops * 1e12)
+        mfu_text = f'{mfu:.1f}' if label != FORWARD else f'{mfu / 3:.1f}'
+        print(
+            f'| {label} | {ms:.3f} | {cost:.3f} | {100 * cost / (base * 1e3):.1f}% '
+            f'| {spread} | {mfu_text} |'
+        )
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(

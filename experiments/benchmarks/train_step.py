@@ -82,8 +82,15 @@ def _reply(obj: dict) -> None:
 
 
 class JaxRunner:
-    def __init__(self, args: argparse.Namespace, variant: str, **overrides: object):
-        """The variant's training step as main.py builds it; ``overrides`` set config fields."""
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        variant: str,
+        kernels: dict | None = None,
+        **overrides: object,
+    ):
+        """The variant's training step as main.py builds it; ``overrides`` set config fields and
+        ``kernels`` replaces some of the backend's kernels (``layers.Kernels`` fields; an A/B)."""
         # runtime.configure() ran first (see worker()): XLA:CPU's YNNPACK fusions are on, exactly
         # as a training run gets them; no other flag is set.
         import jax
@@ -94,9 +101,11 @@ class JaxRunner:
 
         # --jax-conv lax (an A/B): XLA's own grouped convolution, as before issue 19 on GPU.
         if getattr(args, 'jax_conv', 'auto') == 'lax':
-            chosen = layers.kernels_for(jax.default_backend())
-            lax_conv = dataclasses.replace(chosen, conv=jax.lax.conv_general_dilated)
-            layers.kernels_for = lambda backend: lax_conv
+            kernels = {'conv': jax.lax.conv_general_dilated, **(kernels or {})}
+        kernels_for = layers.kernels_for
+        if kernels:
+            chosen = dataclasses.replace(kernels_for(jax.default_backend()), **kernels)
+            layers.kernels_for = lambda backend: chosen
         self.jax = jax
         config = imagenet.get_config()
         config.dataset = 'synthetic'
@@ -109,7 +118,10 @@ class JaxRunner:
         self.rss_base = rss_mib()
         devices = jax.local_device_count()
         stats = dataset_stats.load_stats(config)
-        model = models.create_model(config)
+        try:
+            model = models.create_model(config)
+        finally:
+            layers.kernels_for = kernels_for
         model = model.clone(bn_axis_name=steps.AXIS)
         shape = (config.image_size, config.image_size, 3)
         state = steps.create_train_state(config, model, shape, steps=1)
