@@ -54,8 +54,10 @@ def space_to_depth_conv(
     and cut into the same blocks (11x11x3 -> 3x3x48), and each output reads the same pixels with
     the same weights. A GPU's matrix units multiply tiles many channels deep, which 3 channels
     fill poorly; ``experiments/benchmarks/step_parts.py --parts s2d`` measures the difference
-    (on CPU, oneDNN gained nothing from it: RESULTS.md, issue 19). Every other convolution goes
-    to :func:`split_grouped_conv`. Assumes NHWC input and HWIO kernels, as
+    on a GPU. On CPU the model keeps oneDNN's direct conv1: the block form through oneDNN's
+    Winograd kernels took 0.87x its forward time and 1.0-1.08x its kernel gradient's, 4 ms of
+    a 700 ms step (``experiments/benchmarks/kernel_candidates.py``). Every other convolution
+    goes to :func:`split_grouped_conv`. Assumes NHWC input and HWIO kernels, as
     :class:`alexnet_jax.layers.Conv2D` passes them.
     """
     dims = ('NHWC', 'HWIO', 'NHWC')

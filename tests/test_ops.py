@@ -126,7 +126,8 @@ def test_split_groups_gradients_equal_feature_group_count():
 @pytest.mark.parametrize(
     ('shape', 'kernel', 'stride', 'padding', 'features'),
     [
-        ((2, 227, 227, 3), 11, 4, 'VALID', 8),  # conv1 of `paper`: the input is cropped by 1
+        ((2, 227, 227, 3), 11, 4, 'VALID', 8),  # conv1 of `paper`: the input padded by 1
+        ((2, 230, 230, 3), 11, 4, 'VALID', 8),  # the last 2 rows and columns cropped (unread)
         ((2, 224, 224, 3), 11, 4, ((2, 2), (2, 2)), 8),  # conv1 of `owt`: padded
         ((2, 30, 31, 3), 5, 2, 'SAME', 4),  # height and width differ, uneven SAME padding
         ((1, 17, 15, 5), 3, 2, ((1, 0), (0, 2)), 3),  # uneven explicit padding

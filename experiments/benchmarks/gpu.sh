@@ -26,6 +26,7 @@ export PYTHONUNBUFFERED=1
 budget=${BUDGET:-540}
 batch=${BATCH:-256}  # BATCH=4 STAGES="profile kernels": a dry run of those stages on a CPU
 left() { echo $((budget - SECONDS)); }
+upto() { local l=$(($(left) - 5)); echo $((l < $1 ? l : $1)); }  # a part's limit, within BUDGET
 # Our compiled steps are kept between the runs (the first run's first step is the cold one).
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jax-cache}
 if ! python3 -c 'import ml_collections' 2>/dev/null; then
@@ -117,20 +118,25 @@ for stage in $stages; do
     profile)  # the device time of our step, kernel by kernel (~25 s a net)
       for variant in single_tower owt; do
         [ "$(left)" -gt 40 ] || break
-        timeout 90 python3 experiments/benchmarks/step_profile.py --variant "$variant" \
+        timeout "$(upto 90)" python3 experiments/benchmarks/step_profile.py --variant "$variant" \
           --batch "$batch" --half --out "$out/profile-$variant" 2>&1 |
           tee "$out/profile-$variant.log"
       done ;;
     kernels)  # kernel swaps against the step as it is, alternated in one process (~45 s a net)
       for variant in single_tower owt; do
         [ "$(left)" -gt 60 ] || break
-        timeout 120 python3 experiments/benchmarks/step_parts.py --variant "$variant" \
+        timeout "$(upto 120)" python3 experiments/benchmarks/step_parts.py --variant "$variant" \
           --batch "$batch" --half --rounds 7 --parts s2d,autodiff-pool,forward \
+          --mfu-peak-tflops 989 \
           --json "$out/kernels-$variant.json" 2>&1 | tee "$out/kernels-$variant.log"
       done ;;
-    precompile)  # PyTorch's cold max-autotune compile of the three nets at once
+    precompile)  # PyTorch's cold max-autotune compile of the three nets at once; each run has
+      # a JAX worker too, which must not take 75% of the GPU's memory as JAX does by default.
+      # Inductor times its candidate kernels while the other two compile: its picks may be
+      # slightly off for that (the timed runs then reuse them).
       for variant in owt single_tower paper; do
-        timeout "$limit" python3 "$bench" --variants "$variant" --batch "$batch" --half \
+        XLA_PYTHON_CLIENT_PREALLOCATE=false timeout "$limit" python3 "$bench" \
+          --variants "$variant" --batch "$batch" --half \
           --torch best-gpu --repeats 1 --steps 2 --warmup 1 --peak-size 1024 \
           > "$out/precompile-$variant.log" 2>&1 &
       done

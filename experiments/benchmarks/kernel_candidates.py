@@ -61,9 +61,10 @@ def onednn_conv1(x: jax.Array, w: jax.Array, stride: int, pad: int) -> jax.Array
 
 
 def space_to_depth_onednn(x: jax.Array, w: jax.Array, stride: int, pad: int) -> jax.Array:
-    """The block form run by oneDNN, which picks Winograd for it (48 channels, 3x3, stride 1)."""
+    """The block form run by oneDNN's primitives, which pick Winograd for it on AVX-512 (48
+    channels, 3x3, stride 1; ``onednn_conv.conv`` would leave it to XLA below AVX-512)."""
     x, w = ops.space_to_depth(x, w, stride, [(pad, pad)] * 2)
-    return onednn_conv.conv(x, w, (1, 1), [(0, 0)] * 2, dimension_numbers=DIMS)
+    return onednn_conv._conv(x, w, (1, 1, 0, 0, 0, 0))
 
 
 def patch_conv(x: jax.Array, w: jax.Array, stride: int, pad: int) -> jax.Array:

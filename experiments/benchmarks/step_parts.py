@@ -11,13 +11,15 @@ gradients, no update).
     python experiments/benchmarks/step_parts.py --variant paper --batch 8 --steps 2  # smoke
     python experiments/benchmarks/step_parts.py --parts s2d,autodiff-pool  # only the swaps
 
-Parts (``--parts``, default all): ``lrn`` (norm='none'; the paper's nets only), ``dropout``
-(dropout_rate=0), ``noise`` (pca_noise_std=0), ``mean`` (normalization='none'), ``forward``
-(the eval step). Kernel swaps, A/Bs of ``layers.kernels_for``'s choice: ``s2d`` (conv1 at
-stride 1 on 4x4 pixel blocks, ``ops.space_to_depth_conv``), ``autodiff-pool`` (the max-pool's
-gradient by autodiff, ``ops.plain_max_pool``), ``split-conv`` (``ops.split_grouped_conv``: on
-CPU in place of oneDNN's), ``plain-dense`` (``ops.plain_dense``: on CPU in place of ``ops.dense``),
-``onednn-everywhere`` (no convolution left to XLA; on CPU below AVX-512 the 3x3 ones are).
+Parts (``--parts``; the default is the first five): ``lrn`` (norm='none'; the paper's nets
+only), ``dropout`` (dropout_rate=0), ``noise`` (pca_noise_std=0), ``mean``
+(normalization='none'), ``forward`` (the eval step). Kernel swaps, A/Bs of
+``layers.kernels_for``'s choice, run when named: ``s2d`` (conv1 at stride 1 on 4x4 pixel
+blocks, ``ops.space_to_depth_conv``, for GPUs; on CPU it also moves conv2-5 from oneDNN to XLA),
+``autodiff-pool`` (the max-pool's gradient by autodiff, ``ops.plain_max_pool``), and on CPU
+(float32, oneDNN built): ``split-conv`` (every convolution in XLA, ``ops.split_grouped_conv``),
+``plain-dense`` (``ops.plain_dense`` in place of ``ops.dense``), ``onednn-everywhere`` (every
+convolution in oneDNN; below AVX-512 ``onednn_conv.conv`` leaves the 3x3 ones to XLA).
 """
 
 import argparse
@@ -34,7 +36,12 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from alexnet_jax import ops  # noqa: E402
-from experiments.benchmarks.train_step import IMAGE_SIZE, JaxRunner, train_flops  # noqa: E402
+from experiments.benchmarks.train_step import (  # noqa: E402
+    FORWARD_MACS,
+    IMAGE_SIZE,
+    JaxRunner,
+    train_flops,
+)
 
 
 def onednn_everywhere(lhs, rhs, window_strides, padding, feature_group_count=1, **kwargs):
@@ -64,6 +71,7 @@ PARTS = {
     'onednn-everywhere': ('every convolution in oneDNN', {}, {'conv': onednn_everywhere}),
 }
 FORWARD = 'forward pass only (eval step)'
+DEFAULT_PARTS = 'lrn,dropout,noise,mean,forward'  # the kernel swaps run when asked for
 
 
 def main() -> None:
@@ -75,11 +83,9 @@ def main() -> None:
     parser.add_argument('--rounds', type=int, default=5)
     parser.add_argument('--json', help='also write the results here')
     parser.add_argument(
-        '--mfu-peak-tflops', type=float, default=989.0, help="the device's peak (H100/H200 bf16)"
+        '--mfu-peak-tflops', type=float, help="the device's peak for an MFU column (989: H200 bf16)"
     )
-    parser.add_argument(
-        '--parts', default=','.join([*PARTS, 'forward']), help='comma-separated; see the top'
-    )
+    parser.add_argument('--parts', default=DEFAULT_PARTS, help='comma-separated; see the top')
     args = parser.parse_args()
     keys = [k for k in args.parts.split(',') if k]
     unknown = sorted(set(keys) - {*PARTS, 'forward'})
@@ -131,22 +137,23 @@ def main() -> None:
         f'{jax.devices()[0].device_kind}, jax {jax.__version__}; median of {args.rounds} rounds '
         f'of {args.steps} steps; full step {flops / base / 1e12:.1f} TFLOP/s'
     )
+    mfu = args.mfu_peak_tflops
     print(
-        '| step | ms | part costs ms | share of the step | / full step (rounds min-max) '
-        f'| MFU % ({args.mfu_peak_tflops:g} TFLOP/s) |\n|---|---:|---:|---:|---|---:|'
+        '| step | ms | part costs ms | share of the step | / full step (rounds min-max) |'
+        + (f' MFU % ({mfu:g} TFLOP/s) |' if mfu else '')
+        + '\n|---|---:|---:|---:|---|'
+        + ('---:|' if mfu else '')
     )
     for label, ts in times.items():
         ms = statistics.median(ts) * 1e3
         cost = base * 1e3 - ms if label != 'full step' else 0.0
         rounds = [t / f for t, f in zip(ts, times['full step'], strict=True)]
         spread = f'{min(rounds):.3f}-{max(rounds):.3f}' if label != 'full step' else ''
-        # The full step's training FLOPs, whatever the row leaves out (the forward pass: a third).
-        mfu = 100 * flops / (ms / 1e3) / (args.mfu_peak_tflops * 1e12)
-        mfu_text = f'{mfu:.1f}' if label != FORWARD else f'{mfu / 3:.1f}'
-        print(
-            f'| {label} | {ms:.3f} | {cost:.3f} | {100 * cost / (base * 1e3):.1f}% '
-            f'| {spread} | {mfu_text} |'
-        )
+        row = f'| {label} | {ms:.3f} | {cost:.3f} | {100 * cost / (base * 1e3):.1f}% | {spread} |'
+        if mfu:  # the step's training FLOPs whatever a row leaves out; the eval step's forward
+            done = 2 * FORWARD_MACS[args.variant] * args.batch if label == FORWARD else flops
+            row += f' {100 * done / (ms / 1e3) / (mfu * 1e12):.1f} |'
+        print(row)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(

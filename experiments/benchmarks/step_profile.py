@@ -4,11 +4,11 @@ The step of ``train_step.py``'s ``JaxRunner`` (the one training runs) is compile
 then ``--steps`` steps run under ``jax.profiler.trace``. From the trace's Perfetto export this
 prints, per step: the wall time, the time the device was busy (the union of its kernels), and
 the kernels and XLA ops that took the most device time, each with its share. The raw trace
-(``perfetto_trace.json.gz``, readable in ui.perfetto.dev) and the compiled step's HLO (which
-names each fusion's instructions) are kept in ``--out``, so the table can be redone offline:
+(``trace.json.gz``, readable in ui.perfetto.dev) and the compiled step's HLO (which names each
+fusion's instructions) are kept in ``--out``, so the table can be redone offline:
 
     python experiments/benchmarks/step_profile.py --variant owt --batch 256 --half --out DIR
-    python experiments/benchmarks/step_profile.py --trace DIR/perfetto_trace.json.gz --steps 5
+    python experiments/benchmarks/step_profile.py --trace DIR/trace.json.gz --steps 5
 
 ``--kernels`` swaps kernels as ``step_parts.py`` does (e.g. ``s2d``). On CPU the trace has no
 device lanes (XLA:CPU's work shows on host threads), so only the wall time is printed.
@@ -67,7 +67,8 @@ def summarize(trace_path: str, steps: int, top: int = 25) -> str:
         return 'no device lanes in the trace (a CPU run): see the wall time above'
     by_lane: dict[str, list[dict]] = collections.defaultdict(list)
     for e in events:
-        if e.get('ph') == 'X' and (e['pid'], e.get('tid')) in lanes:
+        if e.get('ph') == 'X' and (e.get('pid'), e.get('tid')) in lanes:
+            e['ts'], e['dur'] = float(e.get('ts', 0)), float(e.get('dur', 0))
             by_lane[lanes[e['pid'], e['tid']]].append(e)
     lines = ['| device lane | events | busy ms per step |', '|---|---:|---:|']
     for lane, es in sorted(by_lane.items()):
@@ -111,7 +112,7 @@ def main() -> None:
     parser.add_argument('--steps', type=int, default=5, help='profiled steps')
     parser.add_argument('--kernels', default='', help="step_parts.py's kernel swaps, e.g. s2d")
     parser.add_argument('--out', help='keep the trace and the HLO here')
-    parser.add_argument('--trace', help='only summarise this perfetto_trace.json.gz')
+    parser.add_argument('--trace', help='only summarise this trace.json.gz')
     parser.add_argument('--top', type=int, default=25)
     args = parser.parse_args()
     if args.trace:
@@ -128,6 +129,9 @@ def main() -> None:
 
     kernels = {}
     for key in filter(None, args.kernels.split(',')):
+        if key not in PARTS or not PARTS[key][2]:
+            swaps = [k for k, part in PARTS.items() if part[2]]
+            parser.error(f'--kernels {key}: not a kernel swap; choose from {swaps}')
         kernels.update(PARTS[key][2])
     runner = JaxRunner(args, args.variant, kernels=kernels)
     for i in range(5):  # compile, then warm up
@@ -144,19 +148,17 @@ def main() -> None:
     with jax.profiler.trace(where, create_perfetto_trace=True):
         for i in range(args.steps):
             runner.run_step(wait=i == args.steps - 1)
-    # The Perfetto export, else the profiler's own Chrome-trace export (the same JSON events).
+    # The Perfetto export, else the profiler's own Chrome-trace export (the same JSON events);
+    # only that one file is kept (the XPlane protobuf can be large).
     found = [
         path
-        for pattern in ('perfetto_trace.json.gz', '*.trace.json.gz', '*.xplane.pb')
+        for pattern in ('perfetto_trace.json.gz', '*.trace.json.gz')
         for path in glob.glob(os.path.join(where, '**', pattern), recursive=True)
     ]
     if not found:
-        raise SystemExit(f'the profiler wrote no trace in {where}')
-    for path in found:
-        shutil.copy(path, out)
-    if found[0].endswith('.xplane.pb'):
-        raise SystemExit(f'only an XPlane trace was written (kept in {out}); no JSON to read')
-    trace = os.path.join(out, os.path.basename(found[0]))
+        raise SystemExit(f'the profiler wrote no JSON trace in {where}')
+    trace = os.path.join(out, 'trace.json.gz')
+    shutil.copy(found[0], trace)
     shutil.rmtree(where)
     print(
         f'{args.variant}, batch {args.batch}, {"bf16" if args.half else "fp32"}, '
