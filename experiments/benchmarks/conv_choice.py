@@ -33,16 +33,14 @@ import numpy as np  # noqa: E402
 
 from alexnet_jax import onednn_conv, ops  # noqa: E402
 from experiments.benchmarks.layers import CONVS  # noqa: E402
+from experiments.benchmarks.step_parts import onednn_everywhere  # noqa: E402
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
 def _onednn(x, w, stride, pad, groups):
     """oneDNN's primitives on every group, whatever ``onednn_conv.conv`` would choose."""
-    geometry = (stride, stride, pad, pad, pad, pad)
-    xs, ws = jnp.split(x, groups, axis=-1), jnp.split(w, groups, axis=-1)
-    outs = [onednn_conv._conv(a, b, geometry) for a, b in zip(xs, ws, strict=True)]
-    return jnp.concatenate(outs, axis=-1)
+    return onednn_everywhere(x, w, (stride,) * 2, [(pad, pad)] * 2, feature_group_count=groups)
 
 
 def _xla(x, w, stride, pad, groups):
