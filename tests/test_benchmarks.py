@@ -2,6 +2,8 @@
 
 import gzip
 import json
+import pathlib
+import re
 
 import flax
 import jax
@@ -115,6 +117,16 @@ def test_the_machine_record_and_each_log_name_the_settings_that_change_a_benchma
         'GLIBC_TUNABLES=glibc.malloc.hugetlb=1 '
     )
     assert first.endswith("no_such_script.py '--out dir'")
+
+
+def test_every_benchmark_run_all_names_is_a_script_that_takes_its_arguments():
+    # Each script's argument parser, read from its source: run_all passes only flags it defines.
+    folder = pathlib.Path(run_all.ROOT) / 'experiments' / 'benchmarks'
+    for name, (script, args) in run_all.BENCHMARKS.items():
+        source = (folder / f'{script}.py').read_text()
+        defined = set(re.findall(r"add_argument\(\s*'(--[a-z0-9-]+)'", source))
+        passed = {a for a in args if a.startswith('--')}
+        assert passed <= defined, (name, passed - defined)
 
 
 def test_profile_summary_counts_device_time_once_per_step(tmp_path):

@@ -42,6 +42,11 @@ BENCHMARKS = {
     'pinned_runs': ('pinned_runs', []),
     'kernel_candidates': ('kernel_candidates', []),
     'host_malloc': ('host_malloc', ['--json', '{json}']),
+    # Section 3.2's towers against data parallelism on fake CPU devices (issue 8), at the small
+    # batches where the towers' activation traffic is cheap and at one where it is not.
+    'towers_2x16': ('towers', ['--devices', '2', '--batch', '16', '--rounds', '5']),
+    'towers_4x32': ('towers', ['--devices', '4', '--batch', '32', '--rounds', '5']),
+    'towers_2x64': ('towers', ['--devices', '2', '--batch', '64', '--rounds', '5']),
     # PyTorch's defaults, and its settings that measured fastest on CPU with and without
     # torch.compile: the fastest of them per variant is PyTorch at its best (issue 19).
     'train_step': (

@@ -32,16 +32,20 @@ def _args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
+
+from alexnet_jax import runtime  # noqa: E402
+
 ARGS = _args() if __name__ == '__main__' else None
 if ARGS is not None:  # before jax is imported
     os.environ['XLA_FLAGS'] = (
         os.environ.get('XLA_FLAGS', '') + f' --xla_force_host_platform_device_count={ARGS.devices}'
     )
+    # The process settings of a training run with configs/imagenet.py (cpu_dispatch_ahead off).
+    runtime.configure(keep_host_memory=True, dispatch_ahead=False)
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..', '..'))
 
 from alexnet_jax import dataset_stats, models, steps, towers  # noqa: E402
 from configs import imagenet  # noqa: E402
