@@ -4,8 +4,11 @@ Relative links in the project's Markdown files must name a file or folder of the
 a `#fragment` must name a heading of the target the way GitHub derives heading anchors.
 """
 
+import functools
 import pathlib
 import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -13,6 +16,21 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 SKIPPED_DIRS = {'.venv', '.git', '.pytest_cache', 'runs', 'node_modules', '.whl'}
 LINK = re.compile(r'\]\(([^)\s]+)\)')
 HEADING = re.compile(r'^#{1,6}\s+(.*?)\s*#*\s*$')
+
+
+@functools.cache
+def _committed() -> frozenset[str] | None:
+    """The checkout's tracked paths and their folders; None outside a git checkout."""
+    if shutil.which('git') is None or not (ROOT / '.git').exists():
+        return None
+    listed = subprocess.run(
+        ['git', 'ls-files', '-z'], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split('\0')
+    paths = set()
+    for path in filter(None, listed):
+        parts = pathlib.PurePosixPath(path).parts
+        paths.update('/'.join(parts[:i]) for i in range(1, len(parts) + 1))
+    return frozenset(paths)
 
 
 def _markdown_files() -> list[pathlib.Path]:
@@ -58,6 +76,13 @@ def anchors(path: pathlib.Path) -> set[str]:
     return out
 
 
+def _is_committed(path: pathlib.Path) -> bool:
+    committed = _committed()
+    if committed is None or not path.is_relative_to(ROOT) or path == ROOT:
+        return True
+    return path.relative_to(ROOT).as_posix() in committed
+
+
 def broken_links(path: pathlib.Path) -> list[str]:
     broken = []
     for line in _prose_lines(path.read_text()):
@@ -68,6 +93,8 @@ def broken_links(path: pathlib.Path) -> list[str]:
             resolved = (path.parent / file_part).resolve() if file_part else path
             if not resolved.exists():
                 broken.append(f'{target} (no such file)')
+            elif not _is_committed(resolved):
+                broken.append(f'{target} (not committed: git add it)')
             elif fragment and resolved.suffix == '.md' and fragment not in anchors(resolved):
                 broken.append(f'{target} (no heading with that anchor)')
     return broken
@@ -90,6 +117,13 @@ def test_a_broken_link_is_found(tmp_path):
         'missing.log (no such file)',
         '#nowhere (no heading with that anchor)',
     ]
+
+
+@pytest.mark.skipif(_committed() is None, reason='not a git checkout')
+def test_a_file_git_does_not_track_is_not_committed():
+    assert _is_committed(ROOT / 'README.md')
+    assert _is_committed(ROOT / 'experiments' / 'logs')
+    assert not _is_committed(ROOT / 'experiments' / 'logs' / 'never-added.log')
 
 
 @pytest.mark.parametrize('path', _markdown_files(), ids=lambda p: str(p.relative_to(ROOT)))

@@ -111,15 +111,16 @@ def main(args: argparse.Namespace) -> None:
         f'{jax.device_count()} {jax.devices()[0].platform} devices, {os.cpu_count()} cores, '
         f'global batch {args.batch}, {args.rounds} rounds of {args.steps} steps (median)'
     )
-    print(f'{"placement":<14} {"layout":<12} {"compile s":>9} {"img/s":>7} {"img/CPU-s":>9}')
+    print('| placement | layout | compile s | img/s | img per CPU-s |')
+    print('|---|---|---:|---:|---:|')
     rates = {}
     for r in runners:
-        layout = f'{r.placement.data_devices} data' + (' x 2 tw' if r.name == 'towers' else '')
+        layout = f'{r.placement.data_devices} data' + (' x 2 towers' if r.name == 'towers' else '')
         rate = images / statistics.median(r.wall)
         per_cpu = images / statistics.median(r.cpu)
         rates[r.name] = rate
-        print(f'{r.name:<14} {layout:<12} {r.compile_s:9.1f} {rate:7.2f} {per_cpu:9.2f}')
-    print(f'towers / data_parallel: {rates["towers"] / rates["data_parallel"]:.2f}x')
+        print(f'| {r.name} | {layout} | {r.compile_s:.1f} | {rate:.2f} | {per_cpu:.2f} |')
+    print(f'| towers / data_parallel | | | {rates["towers"] / rates["data_parallel"]:.2f}x | |')
 
 
 if __name__ == '__main__':
