@@ -24,7 +24,8 @@ mkdir -p "$out" "${OUT:=/tmp/gpu-bench}"
 pack() { tar -czf "$OUT/gpu-logs.tar.gz" -C "$out" .; }
 export PYTHONUNBUFFERED=1
 budget=${BUDGET:-540}
-batch=${BATCH:-256}  # BATCH=4 STAGES="profile kernels": a dry run of those stages on a CPU
+batch=${BATCH:-256}
+steps=${STEPS:-30}  # BATCH=4 STEPS=2 STAGES="profile kernels": a dry run of those on a CPU
 left() { echo $((budget - SECONDS)); }
 upto() { local l=$(($(left) - 5)); echo $((l < $1 ? l : $1)); }  # a part's limit, within BUDGET
 # Our compiled steps are kept between the runs (the first run's first step is the cold one).
@@ -127,7 +128,7 @@ for stage in $stages; do
       for variant in single_tower owt; do
         [ "$(left)" -gt 60 ] || break
         timeout "$(upto 120)" python3 experiments/benchmarks/step_parts.py --variant "$variant" \
-          --batch "$batch" --half --rounds 7 --parts s2d,autodiff-pool,forward \
+          --batch "$batch" --half --steps "$steps" --rounds 7 --parts s2d,autodiff-pool,forward \
           --mfu-peak-tflops 989 \
           --json "$out/kernels-$variant.json" 2>&1 | tee "$out/kernels-$variant.log"
       done ;;

@@ -77,6 +77,21 @@ FORWARD = 'forward pass only (eval step)'
 DEFAULT_PARTS = 'lrn,dropout,noise,mean,forward'  # the kernel swaps run when asked for
 
 
+def _write_json(args: argparse.Namespace, times: dict[str, list[float]]) -> None:
+    import jax
+
+    record = {
+        'variant': args.variant,
+        'batch': args.batch,
+        'half': args.half,
+        'device': jax.devices()[0].device_kind,
+        'jax': jax.__version__,
+        'times_s': times,
+    }
+    with open(args.json, 'w') as f:
+        json.dump(record, f, indent=1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--variant', choices=sorted(IMAGE_SIZE), default='owt')
@@ -123,16 +138,23 @@ def main() -> None:
 
     if 'forward' in keys:
         timed[FORWARD] = forward
-    for fn in timed.values():  # compile, then warm up
+    for label, fn in timed.items():  # compile, then warm up
+        start = time.perf_counter()
         for i in range(3):
             fn(wait=i == 2)
+        print(f'compiled and warmed up: {label} ({time.perf_counter() - start:.1f} s)', flush=True)
+    # Each round is printed and saved as it ends, so that a run cut short keeps what it measured.
     times: dict[str, list[float]] = {label: [] for label in timed}
-    for _ in range(args.rounds):
+    for number in range(1, args.rounds + 1):
         for label, fn in timed.items():
             start = time.perf_counter()
             for i in range(args.steps):
                 fn(wait=i == args.steps - 1)
             times[label].append((time.perf_counter() - start) / args.steps)
+        rounds = ', '.join(f'{label} {ts[-1] * 1e3:.3f}' for label, ts in times.items())
+        print(f'round {number}/{args.rounds}, ms per step: {rounds}', flush=True)
+        if args.json:
+            _write_json(args, times)
     base = statistics.median(times['full step'])
     flops = train_flops(args.variant, args.batch)
     print(
@@ -157,20 +179,6 @@ def main() -> None:
             done = 2 * FORWARD_MACS[args.variant] * args.batch if label == FORWARD else flops
             row += f' {100 * done / (ms / 1e3) / (mfu * 1e12):.1f} |'
         print(row)
-    if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(
-                {
-                    'variant': args.variant,
-                    'batch': args.batch,
-                    'half': args.half,
-                    'device': jax.devices()[0].device_kind,
-                    'jax': jax.__version__,
-                    'times_s': times,
-                },
-                f,
-                indent=1,
-            )
 
 
 if __name__ == '__main__':
