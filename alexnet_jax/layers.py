@@ -41,7 +41,7 @@ def kernels_for(backend: str) -> Kernels:
     if backend == 'cpu':
         # oneDNN's convolutions where they build (see onednn_conv), else XLA's, group by group.
         conv = onednn_conv.conv if onednn_conv.enabled() else ops.split_grouped_conv
-        return Kernels(conv, ops.dense, ops.add_bias, ops.max_pool)
+        return Kernels(conv=conv, add_bias=ops.add_bias, max_pool=ops.max_pool)
     if backend == 'gpu':
         # Two plain convolutions beat one grouped call 1.7x on an H200 (bf16, batch 256,
         # experiments/benchmarks/grouped_conv.py); the max-pool's gradient is faster there too.

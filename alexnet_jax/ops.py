@@ -1,12 +1,12 @@
-"""Convolution, dense layer, bias and max-pooling formulated for speed on XLA:CPU (and GPU).
+"""Convolution, bias and max-pooling formulated for speed on XLA:CPU (and GPU).
 
-Same values as ``lax.conv_general_dilated``, ``x @ kernel``, ``y + bias`` and ``nn.max_pool``
-(:func:`plain_dense` and :func:`plain_max_pool` here, which other backends run as they are; GPUs
-use :func:`max_pool` too), and the same gradients up to float rounding
-(``tests/test_ops.py``); only how XLA runs them differs. Nothing here looks at the backend:
-``models.create_model`` picks the kernels for it once (``layers.kernels_for``). On CPU they
-assume the YNNPACK fusions that ``alexnet_jax/xla_cpu.py`` turns on. What each change bought is
-measured in ``experiments/RESULTS.md`` (issue 7).
+Same values as ``lax.conv_general_dilated``, ``y + bias`` and ``nn.max_pool``
+(:func:`plain_max_pool` here, which other backends run as it is; GPUs use :func:`max_pool` too),
+and the same gradients up to float rounding (``tests/test_ops.py``); only how XLA runs them
+differs. The dense layers' ``x @ kernel`` is one dot everywhere (:func:`plain_dense`). Nothing
+here looks at the backend: ``models.create_model`` picks the kernels for it once
+(``layers.kernels_for``). On CPU they assume the YNNPACK fusions that ``alexnet_jax/xla_cpu.py``
+turns on. What each choice buys is measured in ``experiments/RESULTS.md`` (issue 19).
 """
 
 import functools
@@ -103,45 +103,9 @@ def space_to_depth(
     return x, w.reshape(bh, bw, s * s * channels, features)
 
 
-def dense(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """``x @ kernel`` for ``x`` [batch, in] and ``kernel`` [in, out], as ``nn.Dense`` computes it.
-
-    On XLA:CPU the forward product is written as a 1x1 convolution. YNNPACK runs ``x @ kernel``
-    with a small batch and a large kernel at about half the speed of XLA's Eigen product, while
-    it runs the backward products fast (Eigen is several times slower at ``dx``). XLA turns the
-    1x1 convolution into a dot after YNNPACK has claimed its dots, so the forward goes to Eigen;
-    the custom gradient keeps the backward in YNNPACK (JAX 0.10.2). fc6-8 then take half the
-    time of PyTorch's (``experiments/logs/2026-12-03-vm-issue19/layers.log``).
-    """
-    return _dense(x, kernel)
-
-
 def plain_dense(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """``x @ kernel`` as one dot, as ``nn.Dense`` computes it (the kernel other backends run)."""
+    """``x @ kernel`` as one dot, as ``nn.Dense`` computes it (every backend runs it)."""
     return jax.lax.dot_general(x, kernel, (((1,), (0,)), ((), ())))
-
-
-@jax.custom_vjp
-def _dense(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    dims = ('NHWC', 'HWIO', 'NHWC')
-    y = jax.lax.conv_general_dilated(
-        x[:, None, None], kernel[None, None], (1, 1), 'VALID', dimension_numbers=dims
-    )
-    return y[:, 0, 0]
-
-
-def _dense_fwd(x, kernel):
-    return _dense(x, kernel), (x, kernel)
-
-
-def _dense_bwd(residuals, g):
-    x, kernel = residuals
-    dx = jax.lax.dot_general(g, kernel, (((1,), (1,)), ((), ())))
-    dkernel = jax.lax.dot_general(x, g, (((0,), (0,)), ((), ())))
-    return dx, dkernel
-
-
-_dense.defvjp(_dense_fwd, _dense_bwd)
 
 
 def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:

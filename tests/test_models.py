@@ -249,8 +249,8 @@ def test_split_grouped_conv_equals_feature_group_count(groups, strides, padding)
 
 @pytest.mark.parametrize('backend', ['gpu', 'tpu'])
 def test_the_kernels_of_every_backend_give_the_same_logits_and_gradients(backend):
-    """create_model's kernel choice: the CPU kernels (split groups, dense as a 1x1 convolution,
-    bias gradient as a product, max-pool gradient by phases) against those of ``backend``."""
+    """create_model's kernel choice: the CPU kernels (oneDNN or split groups, bias gradient as a
+    product, max-pool gradient by phases) against those of ``backend``."""
     variables, images = _small_variables(), _images(batch=3)
     config = fashion_mnist.get_config()  # the small net, 10 classes
     cpu = create_model(config, backend='cpu')

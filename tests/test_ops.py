@@ -75,7 +75,7 @@ def test_conv2d_equals_flax_conv_in_parameters_values_and_gradients(
 def test_dense_equals_flax_dense_in_parameters_values_and_gradients(
     batch, inputs, features, backend
 ):
-    """layers.Dense (CPU: ops.dense + ops.add_bias) against flax's own nn.Dense, in float64."""
+    """layers.Dense (CPU: one dot + ops.add_bias) against flax's own nn.Dense, in float64."""
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.normal(size=(batch, inputs)), jnp.float32)
     bias_init = nn.initializers.normal(1.0)

@@ -4,7 +4,7 @@ Where the training-step benchmark says how far apart the two frameworks are, thi
 where: the forward pass, input gradient and kernel gradient of each convolution, each fully
 connected layer and each max-pool, at the step's batch size, float32, on CPU. Ours are the ops
 the model uses on CPU (``layers.kernels_for('cpu')``: oneDNN's or XLA's convolutions,
-``ops.dense``, ``ops.max_pool``), jitted one at a
+one dot for the dense layers, ``ops.max_pool``), jitted one at a
 time; PyTorch's are ``conv2d`` and ``torch.nn.grad``, ``linear`` and ``max_pool2d``, the
 convolutions and pools channels-last (its faster layout on CPU, as in the training step's best
 PyTorch setting). Both run in this process, alternating, after
@@ -115,14 +115,15 @@ def conv_rows(variant: str, batch: int, rng: np.random.Generator, torch) -> list
 
 def fc_rows(batch: int, rng: np.random.Generator, torch) -> list[tuple]:
     rows = []
+    dense = layers.kernels_for('cpu').dense
     for name, n_in, n_out in FCS:
         x = rng.normal(size=(batch, n_in)).astype(np.float32)
         w = (0.01 * rng.normal(size=(n_in, n_out))).astype(np.float32)
         xj, wj = jnp.asarray(x), jnp.asarray(w)
         gj = jnp.ones((batch, n_out), jnp.float32)
-        fwd = jax.jit(ops.dense)
-        dx = jax.jit(lambda x, w, g: jax.vjp(lambda x: ops.dense(x, w), x)[1](g)[0])
-        dw = jax.jit(lambda x, w, g: jax.vjp(lambda w: ops.dense(x, w), w)[1](g)[0])
+        fwd = jax.jit(dense)
+        dx = jax.jit(lambda x, w, g: jax.vjp(lambda x: dense(x, w), x)[1](g)[0])
+        dw = jax.jit(lambda x, w, g: jax.vjp(lambda w: dense(x, w), w)[1](g)[0])
         xt = torch.from_numpy(x)
         wt = torch.from_numpy(w.T.copy())  # PyTorch stores [out, in]
         gt = torch.ones(batch, n_out)

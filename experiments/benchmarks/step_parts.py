@@ -18,9 +18,9 @@ only), ``dropout`` (dropout_rate=0), ``noise`` (pca_noise_std=0), ``mean``
 blocks, ``ops.space_to_depth_conv``, for GPUs; on CPU it also moves conv2-5 from oneDNN to XLA),
 ``autodiff-pool`` (the max-pool's gradient by autodiff, ``ops.plain_max_pool``), and on CPU
 (float32, oneDNN built): ``split-conv`` (every convolution in XLA, ``ops.split_grouped_conv``),
-``plain-dense`` (``ops.plain_dense`` in place of ``ops.dense``), ``plain-bias`` (``+`` in
-place of ``ops.add_bias``: the bias gradient a sum, not a product), ``onednn-everywhere`` (every
-convolution in oneDNN; below AVX-512 ``onednn_conv.conv`` leaves the 3x3 ones to XLA).
+``plain-bias`` (``+`` in place of ``ops.add_bias``: the bias gradient a sum, not a product),
+``onednn-everywhere`` (every convolution in oneDNN; below AVX-512 ``onednn_conv.conv`` leaves
+the 3x3 ones to XLA).
 """
 
 import argparse
@@ -69,7 +69,6 @@ PARTS = {
     's2d': ('conv1 on 4x4 blocks at stride 1', {}, {'conv': ops.space_to_depth_conv}),
     'autodiff-pool': ('max-pool gradient by autodiff', {}, {'max_pool': ops.plain_max_pool}),
     'split-conv': ('convolutions by split_grouped_conv', {}, {'conv': ops.split_grouped_conv}),
-    'plain-dense': ('dense layers as one dot', {}, {'dense': ops.plain_dense}),
     'plain-bias': ('biases added by broadcast', {}, {'add_bias': operator.add}),
     'onednn-everywhere': ('every convolution in oneDNN', {}, {'conv': onednn_everywhere}),
 }
