@@ -25,7 +25,7 @@ pack() { tar -czf "$OUT/gpu-logs.tar.gz" -C "$out" .; }
 export PYTHONUNBUFFERED=1
 budget=${BUDGET:-540}
 batch=${BATCH:-256}
-steps=${STEPS:-30}  # BATCH=4 STEPS=2 STAGES="profile kernels": a dry run of those on a CPU
+steps=${STEPS:-30}  # the kernels stage's; BATCH=4 STEPS=2 STAGES="profile kernels": a CPU dry run
 left() { echo $((budget - SECONDS)); }
 upto() { local l=$(($(left) - 5)); echo $((l < $1 ? l : $1)); }  # a part's limit, within BUDGET
 # Our compiled steps are kept between the runs (the first run's first step is the cold one).

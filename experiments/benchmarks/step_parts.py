@@ -76,19 +76,31 @@ FORWARD = 'forward pass only (eval step)'
 DEFAULT_PARTS = 'lrn,dropout,noise,mean,forward'  # the kernel swaps run when asked for
 
 
-def _write_json(args: argparse.Namespace, times: dict[str, list[float]]) -> None:
-    import jax
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'{value}: at least 1')
+    return value
 
+
+def _write_json(args: argparse.Namespace, times: dict[str, list[float]]) -> None:
+    """The rounds so far (``rounds_done`` of ``rounds``), replacing the file in one step."""
     record = {
         'variant': args.variant,
         'batch': args.batch,
         'half': args.half,
         'device': jax.devices()[0].device_kind,
         'jax': jax.__version__,
+        'parts': args.parts,
+        'steps': args.steps,
+        'rounds': args.rounds,
+        'rounds_done': len(times['full step']),
         'times_s': times,
     }
-    with open(args.json, 'w') as f:
+    partial = f'{args.json}.partial'
+    with open(partial, 'w') as f:
         json.dump(record, f, indent=1)
+    os.replace(partial, args.json)
 
 
 def main() -> None:
@@ -96,8 +108,8 @@ def main() -> None:
     parser.add_argument('--variant', choices=sorted(IMAGE_SIZE), default='owt')
     parser.add_argument('--batch', type=int, default=256)
     parser.add_argument('--half', action='store_true', help='bfloat16 compute')
-    parser.add_argument('--steps', type=int, default=30, help='steps per timed round')
-    parser.add_argument('--rounds', type=int, default=5)
+    parser.add_argument('--steps', type=_positive, default=30, help='steps per timed round')
+    parser.add_argument('--rounds', type=_positive, default=5)
     parser.add_argument('--json', help='also write the results here')
     parser.add_argument(
         '--mfu-peak-tflops', type=float, help="the device's peak for an MFU column (989: H200 bf16)"

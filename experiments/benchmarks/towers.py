@@ -38,10 +38,12 @@ from alexnet_jax import runtime  # noqa: E402
 
 ARGS = _args() if __name__ == '__main__' else None
 if ARGS is not None:  # before jax is imported
+    os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # fake CPU devices, even on a GPU host
     os.environ['XLA_FLAGS'] = (
         os.environ.get('XLA_FLAGS', '') + f' --xla_force_host_platform_device_count={ARGS.devices}'
     )
-    # The process settings of a training run with configs/imagenet.py (cpu_dispatch_ahead off).
+    # XLA's flags and kept host memory, one step at a time, as a training run with
+    # configs/imagenet.py sets them (not its restart with glibc's tcache off).
     runtime.configure(keep_host_memory=True, dispatch_ahead=False)
 
 import jax  # noqa: E402
