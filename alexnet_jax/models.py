@@ -169,9 +169,10 @@ def _shared(fn: Callable, **kwargs: Any) -> functools.partial:
     return functools.partial(fn, **kwargs)
 
 
-def _layers(backend: str, tower_axis: str | None, spec: specs.ModelSpec) -> dict[str, Any]:
-    """The injected layers for ``spec`` on ``backend``, as one tower's share if ``tower_axis``."""
-    kernels = layers.kernels_for(backend)
+def _layers(
+    kernels: layers.Kernels, tower_axis: str | None, spec: specs.ModelSpec
+) -> dict[str, Any]:
+    """The injected layers for ``spec`` with ``kernels``, as one tower's share if ``tower_axis``."""
     towers = 1 if tower_axis is None else specs.TOWERS
     lrn_groups = specs.TOWERS if spec.tower_local_lrn and tower_axis is None else 1
     norms = {
@@ -201,15 +202,21 @@ def _layers(backend: str, tower_axis: str | None, spec: specs.ModelSpec) -> dict
 
 
 def from_spec(
-    spec: specs.ModelSpec, *, backend: str | None = None, tower_axis: str | None = None
+    spec: specs.ModelSpec,
+    *,
+    backend: str | None = None,
+    tower_axis: str | None = None,
+    kernels: layers.Kernels | None = None,
 ) -> AlexNet:
     """The module ``spec`` describes, with the kernels of ``backend`` (default: JAX's).
 
-    ``tower_axis`` names the mesh axis of Section 3.2's towers: the module is then one tower's
-    share, to run inside ``jax.shard_map`` (``towers.py``), and LRN runs on the tower's own
-    channels. On one device, ``spec.tower_local_lrn`` splits LRN the same way.
+    ``kernels`` replaces the backend's choice (an A/B of kernels). ``tower_axis`` names the mesh
+    axis of Section 3.2's towers: the module is then one tower's share, to run inside
+    ``jax.shard_map`` (``towers.py``), and LRN runs on the tower's own channels. On one device,
+    ``spec.tower_local_lrn`` splits LRN the same way.
     """
-    backend = jax.default_backend() if backend is None else backend
+    if kernels is None:
+        kernels = layers.kernels_for(jax.default_backend() if backend is None else backend)
     return AlexNet(
         convs=spec.built_convs(),
         hidden=spec.hidden,
@@ -223,7 +230,7 @@ def from_spec(
         dropout_before_fc=spec.dropout_before_fc,
         dtype=jnp.dtype(spec.compute_dtype),
         variant=spec.variant,
-        **_layers(backend, tower_axis, spec),
+        **_layers(kernels, tower_axis, spec),
     )
 
 
@@ -254,15 +261,17 @@ def create_model(
     dtype: Any = None,
     backend: str | None = None,
     tower_axis: str | None = None,
+    kernels: layers.Kernels | None = None,
 ) -> AlexNet:
     """The model a config names, with the kernels for ``backend`` (default: JAX's, read here).
 
-    ``dtype`` overrides the compute dtype of the config (``half_precision``).
+    ``dtype`` overrides the compute dtype of the config (``half_precision``); ``kernels``, the
+    backend's kernels.
     """
     spec = specs.resolve_model(config)
     if dtype is not None:
         spec = dataclasses.replace(spec, compute_dtype=jnp.dtype(dtype).name)
-    return from_spec(spec, backend=backend, tower_axis=tower_axis)
+    return from_spec(spec, backend=backend, tower_axis=tower_axis, kernels=kernels)
 
 
 def param_count(params: Any) -> int:

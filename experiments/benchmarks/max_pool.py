@@ -12,7 +12,6 @@ times both on the backend JAX runs on, in one process, alternating:
 """
 
 import argparse
-import dataclasses
 import os
 import statistics
 import sys
@@ -29,7 +28,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from alexnet_jax import layers, ops  # noqa: E402
+from alexnet_jax import ops  # noqa: E402
 from experiments.benchmarks import train_step  # noqa: E402
 from experiments.benchmarks.lrn import jax_runner, time_call  # noqa: E402
 
@@ -69,16 +68,8 @@ def step_times(variant: str, args: argparse.Namespace, pools: dict) -> dict[str,
     swapped for the named one; ``args`` needs ``batch``, ``half`` and ``steps``/``repeats``.
     """
     runners = {}
-    kernels_for = layers.kernels_for
     for name, pool in pools.items():
-        # Read by models.create_model, in the runner's constructor.
-        layers.kernels_for = lambda backend, pool=pool: dataclasses.replace(
-            kernels_for(backend), max_pool=pool
-        )
-        try:
-            runner = train_step.JaxRunner(args, variant)
-        finally:
-            layers.kernels_for = kernels_for
+        runner = train_step.JaxRunner(args, variant, kernels={'max_pool': pool})
         runner.run_step(wait=True)
         runners[name] = runner
     times = {name: [] for name in runners}

@@ -123,8 +123,6 @@ def main() -> None:
     from alexnet_jax import runtime
 
     runtime.configure(keep_host_memory=True, dispatch_ahead=False)  # as train_step's worker
-    import jax
-
     if args.variant == 'owt' and 'lrn' in keys:  # owt has no LRN
         keys.remove('lrn')
     full = JaxRunner(args, args.variant)

@@ -102,10 +102,8 @@ class JaxRunner:
         # --jax-conv lax (an A/B): XLA's own grouped convolution, as before issue 19 on GPU.
         if getattr(args, 'jax_conv', 'auto') == 'lax':
             kernels = {'conv': jax.lax.conv_general_dilated, **(kernels or {})}
-        kernels_for = layers.kernels_for
-        if kernels:
-            chosen = dataclasses.replace(kernels_for(jax.default_backend()), **kernels)
-            layers.kernels_for = lambda backend: chosen
+        chosen = layers.kernels_for(jax.default_backend())
+        chosen = dataclasses.replace(chosen, **kernels) if kernels else chosen
         self.jax = jax
         config = imagenet.get_config()
         config.dataset = 'synthetic'
@@ -118,10 +116,7 @@ class JaxRunner:
         self.rss_base = rss_mib()
         devices = jax.local_device_count()
         stats = dataset_stats.load_stats(config)
-        try:
-            model = models.create_model(config)
-        finally:
-            layers.kernels_for = kernels_for
+        model = models.create_model(config, kernels=chosen)
         model = model.clone(bn_axis_name=steps.AXIS)
         shape = (config.image_size, config.image_size, 3)
         state = steps.create_train_state(config, model, shape, steps=1)
